@@ -1,0 +1,152 @@
+"""The `gcc-gan` command line: inspect a generator's traced graph and costs, list the zoo.
+
+A model is named ``MODULE:FACTORY`` (``gcc_gan.zoo:resnet_generator``, ``my_pkg.nets:G``) or
+``path/to/file.py:FACTORY``; the factory is called with the ``--arg key=value`` pairs and may be
+a class. ``--weights`` loads a state_dict checkpoint (or one under a "state_dict" key).
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import torch
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import zoo
+from .ir import TraceError, trace
+from .summary import si
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="gcc-gan: a hardware-aware compression compiler for GAN generators.")
+# Piped output (logs, CI, `| less`) gets a wide page instead of rich's 80-column default.
+console = Console(width=None if sys.stdout.isatty() else 180)
+err = Console(stderr=True)
+
+
+def _fail(message: str) -> None:
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(2)
+
+
+def _import_factory(spec: str):
+    module_name, sep, attr = spec.rpartition(":")
+    if not sep or not module_name or not attr:
+        _fail(f"model {spec!r} must look like MODULE:FACTORY or path/to/file.py:FACTORY")
+    try:
+        if module_name.endswith(".py"):
+            path = Path(module_name)
+            if not path.is_file():
+                _fail(f"no such file: {path}")
+            loader = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(loader)
+            sys.modules[path.stem] = module
+            loader.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+    except ImportError as exc:
+        _fail(f"cannot import {module_name!r}: {exc}")
+    if not hasattr(module, attr):
+        _fail(f"{module_name!r} has no attribute {attr!r}")
+    return getattr(module, attr)
+
+
+def _parse_kwargs(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            _fail(f"--arg {pair!r} must be key=value")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value  # a bare word is a string: --arg norm=batch
+    return out
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(d) for d in text.split(","))
+    except ValueError:
+        _fail(f"--input-shape {text!r} must be comma-separated integers, e.g. 1,3,256,256")
+    if not shape or any(d <= 0 for d in shape):
+        _fail(f"--input-shape {text!r} must have positive sizes")
+    return shape
+
+
+def load_model(spec: str, kwargs: dict, weights: Path | None) -> torch.nn.Module:
+    factory = _import_factory(spec)
+    try:
+        model = factory(**kwargs)
+    except TypeError as exc:
+        _fail(f"calling {spec} with {kwargs}: {exc}")
+    if not isinstance(model, torch.nn.Module):
+        _fail(f"{spec} returned {type(model).__name__}, not an nn.Module")
+    if weights is not None:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            _fail(f"{weights} does not fit {spec}: {exc}")
+    return model.eval()
+
+
+@app.command()
+def info(
+    model: Annotated[str, typer.Argument(help="MODULE:FACTORY or file.py:FACTORY")],
+    input_shape: Annotated[list[str], typer.Option(
+        "--input-shape", help="shape of one positional input, e.g. 1,3,256,256 (repeat per input)")],
+    arg: Annotated[Optional[list[str]], typer.Option(help="factory argument key=value")] = None,
+    weights: Annotated[Optional[Path], typer.Option(help="state_dict checkpoint")] = None,
+    all_nodes: Annotated[bool, typer.Option("--all-nodes", help="show every op")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print totals as JSON")] = False,
+) -> None:
+    """Trace MODEL and print its per-layer cost table."""
+    net = load_model(model, _parse_kwargs(arg or []), weights)
+    inputs = tuple(torch.randn(_parse_shape(s)) for s in input_shape)
+    with console.status(f"tracing {type(net).__name__} ..."):
+        try:
+            graph = trace(net, inputs)
+        except TraceError as exc:
+            _fail(str(exc))
+        table = graph.summary(all_nodes=all_nodes)
+    if as_json:
+        c = graph.cost
+        print(json.dumps({"model": graph.model_class, "tracer": graph.tracer,
+                          "dynamic_batch": graph.dynamic_batch, "batch": c.batch, "macs": c.macs,
+                          "lit_macs": c.lit_macs, "params": c.params,
+                          "weight_bytes": dict(c.weight_bytes),
+                          "activation_bytes": c.activation_bytes,
+                          "peak_activation_bytes": c.peak_activation_bytes,
+                          "elementwise_ops": c.elementwise_ops,
+                          "unknown_ops": {k: list(v) for k, v in c.unknown_ops.items()},
+                          "notes": graph.notes}, indent=2))
+    else:
+        console.print(table)
+
+
+@app.command("zoo")
+def zoo_list() -> None:
+    """List the reference generators with their standard-config MACs."""
+    table = Table(title="gcc_gan.zoo", header_style="bold")
+    for col in ("name", "factory", "standard config", "real MACs", "lit. MACs"):
+        table.add_column(col)
+    for name, entry in sorted(zoo.ZOO.items()):
+        real, lit = zoo.documented_macs(name)
+        kwargs = ", ".join(f"{k}={v}" for k, v in entry.configs["standard"].kwargs.items())
+        size = entry.configs["standard"].input_size
+        what = kwargs + (f"; {size[0]}x{size[1]} input" if size else "")
+        table.add_row(name, entry.factory.__name__, what, si(real), si(lit))
+    console.print(table)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,56 @@
+"""Accessors for fx node metadata: the one place that knows the metadata keys.
+
+Shapes live only in ``node.meta["val"]`` (a FakeTensor, or a SymInt for size computations), as
+torch.export writes them; the source module path comes from ``nn_module_stack`` and the user's
+source line from ``stack_trace``. Keys this project adds are namespaced under ``gcc_gan.``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+from torch import fx
+
+_TORCH_DIR = str(Path(torch.__file__).parent)
+_GCC_DIR = str(Path(__file__).resolve().parents[1])
+_FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>\S+)\n\s*(?P<code>.*)')
+
+
+def node_val(node: fx.Node):
+    """The traced value of `node`: a FakeTensor, a SymInt, a tuple of those, or None."""
+    return node.meta.get("val")
+
+
+def source_module(node: fx.Node) -> str:
+    """Dotted path of the innermost user module that produced `node` ('' for the top level)."""
+    stack = node.meta.get("nn_module_stack")
+    if not stack:
+        return ""
+    path, _cls = list(stack.values())[-1]
+    return "" if path.startswith("_empty_nn_module_stack") else path
+
+
+def source_module_class(node: fx.Node) -> str:
+    stack = node.meta.get("nn_module_stack")
+    if not stack:
+        return ""
+    _path, cls = list(stack.values())[-1]
+    return cls.__name__ if isinstance(cls, type) else str(cls).rsplit(".", 1)[-1]
+
+
+def is_user_file(filename: str) -> bool:
+    """True for code the user wrote (not torch's, not ours, not the standard library)."""
+    return not (filename.startswith(_TORCH_DIR) or filename.startswith(_GCC_DIR)
+                or "/lib/python3" in filename and "site-packages" not in filename)
+
+
+def source_line(node: fx.Node) -> str:
+    """'file:line in func: code' of the user's line that produced `node`, or ''."""
+    trace = node.meta.get("stack_trace") or ""
+    frames = [m for m in _FRAME.finditer(trace) if is_user_file(m["file"])]
+    if not frames:
+        return ""
+    m = frames[-1]
+    return f"{m['file']}:{m['line']} in {m['func']}: {m['code'].strip()}"
