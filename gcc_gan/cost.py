@@ -112,7 +112,11 @@ class _Shapes:
             v = node_val(v)
         if isinstance(v, torch.SymInt):
             expr = v.node.expr.subs(self.subs)
-            return int(expr) if expr.is_number else int(v.node.hint)
+            if expr.is_number:
+                return int(expr)
+            if v.node.hint is None:  # a size computed from tensor values (e.g. nonzero)
+                raise ValueError(f"size {v} depends on tensor values: no static cost exists")
+            return int(v.node.hint)  # a size the example inputs fixed
         return int(v)
 
     def shape(self, v) -> tuple[int, ...]:
@@ -162,21 +166,21 @@ def _conv_transpose_macs(node, s, groups_index=6):
     return real, lit
 
 
-@mac_rule(ops._ops("linear", "mm", "bmm", "matmul", "mv", "dot", "vdot"))
+@mac_rule(ops.op_set("linear", "mm", "bmm", "matmul", "mv", "dot", "vdot"))
 def _matmul_macs(node, s):
     k = s.shape(node.args[0])[-1]
     macs = max(math.prod(s.shape(node)), 1) * k
     return macs, macs
 
 
-@mac_rule(ops._ops("addmm", "baddbmm"))
+@mac_rule(ops.op_set("addmm", "baddbmm"))
 def _addmm_macs(node, s):
     k = s.shape(node.args[1])[-1]
     macs = math.prod(s.shape(node)) * k
     return macs, macs
 
 
-@mac_rule(ops._ops("einsum"))
+@mac_rule(ops.op_set("einsum"))
 def _einsum_macs(node, s):
     sizes: dict[str, int] = {}
     ellipsis: tuple[int, ...] = ()
@@ -191,7 +195,7 @@ def _einsum_macs(node, s):
     return macs, macs
 
 
-@mac_rule(ops._ops("scaled_dot_product_attention"))
+@mac_rule(ops.op_set("scaled_dot_product_attention"))
 def _attention_macs(node, s):
     q, k, v = (s.shape(a) for a in node.args[:3])
     macs = math.prod(q[:-1]) * k[-2] * (q[-1] + v[-1])

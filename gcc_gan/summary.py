@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .cost import CostAnalysis, NodeCost
+from .ir.meta import source_line
 
 if TYPE_CHECKING:
     from .ir import GanGraph
@@ -71,8 +72,6 @@ class LayerTable:
             f"activations {si(c.activation_bytes, 'B')} written, peak {si(c.peak_activation_bytes, 'B')} "
             f"live; {si(c.elementwise_ops)} elementwise ops",
         ]
-        for op, names in c.unknown_ops.items():
-            lines.append(f"unknown op {op} at {', '.join(names)}: not costed")
         lines.extend(self.notes)
         return "\n".join(lines)
 
@@ -86,6 +85,10 @@ def layer_table(graph: "GanGraph", *, all_nodes: bool = False) -> LayerTable:
     cost = graph.cost
     rows = tuple(r for r in cost.nodes
                  if all_nodes or r.macs or r.params or r.kind == "unknown")
-    notes = (f"traced by {graph.tracer}, batch {'dynamic' if graph.dynamic_batch else 'static'}",
+    by_name = {n.name: n for n in graph.graph.nodes}
+    unknown = [f"unknown op {op} at {name}, not costed: {source_line(by_name[name]) or 'no source line'}"
+               for op, names in cost.unknown_ops.items() for name in names]
+    notes = (*unknown,
+             f"traced by {graph.tracer}, batch {'dynamic' if graph.dynamic_batch else 'static'}",
              *graph.notes)
     return LayerTable(title=graph.model_class, rows=rows, cost=cost, notes=notes)

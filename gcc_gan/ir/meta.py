@@ -32,14 +32,6 @@ def source_module(node: fx.Node) -> str:
     return "" if path.startswith("_empty_nn_module_stack") else path
 
 
-def source_module_class(node: fx.Node) -> str:
-    stack = node.meta.get("nn_module_stack")
-    if not stack:
-        return ""
-    _path, cls = list(stack.values())[-1]
-    return cls.__name__ if isinstance(cls, type) else str(cls).rsplit(".", 1)[-1]
-
-
 def is_user_file(filename: str) -> bool:
     """True for code the user wrote (not torch's, not ours, not the standard library)."""
     return not (filename.startswith(_TORCH_DIR) or filename.startswith(_GCC_DIR)

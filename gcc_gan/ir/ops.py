@@ -19,48 +19,48 @@ def packet(target):
     return getattr(target, "overloadpacket", target)
 
 
-def _ops(*names: str) -> frozenset:
+def op_set(*names: str) -> frozenset:
     """Packets named in `names`; names this torch build lacks are skipped."""
     return frozenset(getattr(aten, n) for n in names if hasattr(aten, n))
 
 
-Conv = _ops("conv1d", "conv2d", "conv3d", "convolution", "_convolution")
-ConvTranspose = _ops("conv_transpose1d", "conv_transpose2d", "conv_transpose3d")
-Matmul = _ops("linear", "addmm", "mm", "bmm", "baddbmm", "matmul", "mv", "dot", "vdot",
+Conv = op_set("conv1d", "conv2d", "conv3d", "convolution", "_convolution")
+ConvTranspose = op_set("conv_transpose1d", "conv_transpose2d", "conv_transpose3d")
+Matmul = op_set("linear", "addmm", "mm", "bmm", "baddbmm", "matmul", "mv", "dot", "vdot",
               "einsum", "scaled_dot_product_attention")
 
-Norm = _ops("batch_norm", "instance_norm", "group_norm", "layer_norm", "native_batch_norm",
+Norm = op_set("batch_norm", "instance_norm", "group_norm", "layer_norm", "native_batch_norm",
             "_native_batch_norm_legit_no_training", "_native_batch_norm_legit",
             "native_group_norm", "native_layer_norm", "rms_norm")
-Activation = _ops("relu", "relu_", "leaky_relu", "leaky_relu_", "tanh", "tanh_", "sigmoid",
+Activation = op_set("relu", "relu_", "leaky_relu", "leaky_relu_", "tanh", "tanh_", "sigmoid",
                   "sigmoid_", "gelu", "gelu_", "silu", "silu_", "hardtanh", "hardtanh_", "elu",
                   "elu_", "selu", "prelu", "_prelu_kernel", "softplus", "hardswish",
                   "hardswish_", "hardsigmoid", "mish", "relu6", "celu", "glu", "logit")
-Arithmetic = _ops("add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "pow", "pow_",
+Arithmetic = op_set("add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "pow", "pow_",
                   "rsqrt", "sqrt", "exp", "log", "neg", "abs", "clamp", "clamp_", "clamp_min",
                   "clamp_max", "where", "square", "reciprocal", "sin", "cos", "erf", "lerp",
                   "addcmul", "addcdiv", "sign", "floor", "ceil", "round", "fmod", "remainder",
                   "maximum", "minimum", "rsub", "exp2", "log2", "log1p", "expm1", "tan",
                   "atan2", "eq", "ne", "lt", "le", "gt", "ge", "logical_not", "logical_and",
                   "bitwise_not", "masked_fill", "masked_fill_", "copy_", "fill_", "zero_")
-Resample = _ops("upsample_nearest1d", "upsample_nearest2d", "upsample_nearest3d",
+Resample = op_set("upsample_nearest1d", "upsample_nearest2d", "upsample_nearest3d",
                 "upsample_bilinear2d", "upsample_bicubic2d", "upsample_trilinear3d",
                 "upsample_linear1d", "_upsample_nearest_exact2d", "_upsample_bilinear2d_aa",
                 "interpolate", "grid_sampler", "grid_sampler_2d", "avg_pool1d", "avg_pool2d",
                 "avg_pool3d", "max_pool1d", "max_pool2d", "max_pool3d",
                 "max_pool2d_with_indices", "adaptive_avg_pool1d", "adaptive_avg_pool2d",
                 "adaptive_max_pool2d", "_adaptive_avg_pool2d")
-Reduction = _ops("mean", "sum", "var", "std", "var_mean", "std_mean", "amax", "amin", "max",
+Reduction = op_set("mean", "sum", "var", "std", "var_mean", "std_mean", "amax", "amin", "max",
                  "min", "norm", "linalg_vector_norm", "logsumexp", "softmax", "_softmax",
                  "log_softmax", "_log_softmax", "cumsum", "prod", "argmax", "argmin", "all",
                  "any")
 # Ops that only return a view of their input: no new activation memory.
-View = _ops("view", "_unsafe_view", "reshape", "flatten", "unflatten", "permute", "transpose",
+View = op_set("view", "_unsafe_view", "reshape", "flatten", "unflatten", "permute", "transpose",
             "t", "expand", "expand_as", "squeeze", "unsqueeze", "slice", "select", "alias",
             "detach", "split", "split_with_sizes", "chunk", "unbind", "narrow", "view_as",
             "as_strided", "unsafe_split", "movedim", "diagonal", "lift_fresh_copy")
 # Ops that move or copy data without arithmetic.
-Movement = View | _ops("cat", "stack", "pad", "constant_pad_nd", "reflection_pad1d",
+Movement = View | op_set("cat", "stack", "pad", "constant_pad_nd", "reflection_pad1d",
                        "reflection_pad2d", "reflection_pad3d", "replication_pad1d",
                        "replication_pad2d", "replication_pad3d", "pixel_shuffle",
                        "pixel_unshuffle", "repeat", "flip", "roll", "index_select", "gather",
@@ -68,11 +68,11 @@ Movement = View | _ops("cat", "stack", "pad", "constant_pad_nd", "reflection_pad
                        "embedding", "tile", "dropout", "feature_dropout", "alpha_dropout",
                        "native_dropout", "channel_shuffle", "scatter", "index_put",
                        "repeat_interleave")
-Creation = _ops("zeros", "ones", "full", "empty", "arange", "zeros_like", "ones_like",
+Creation = op_set("zeros", "ones", "full", "empty", "arange", "zeros_like", "ones_like",
                 "full_like", "empty_like", "new_zeros", "new_ones", "new_full", "new_empty",
                 "randn", "rand", "randn_like", "rand_like", "scalar_tensor", "tensor", "linspace")
 # Shape arithmetic and runtime checks that export inserts: no tensor work at all.
-Symbolic = _ops("sym_size", "sym_numel", "sym_stride", "sym_storage_offset", "_assert_scalar",
+Symbolic = op_set("sym_size", "sym_numel", "sym_stride", "sym_storage_offset", "_assert_scalar",
                 "_assert_tensor_metadata", "sym_constrain_range_for_size",
                 "sym_constrain_range", "_assert_async", "item", "_local_scalar_dense") | {
     operator.add, operator.sub, operator.mul, operator.floordiv, operator.truediv,
@@ -81,7 +81,3 @@ Symbolic = _ops("sym_size", "sym_numel", "sym_stride", "sym_storage_offset", "_a
     torch.sym_float, torch.sym_int, torch.sym_not}
 # A multi-output op's results are picked by getitem: no work, and the same memory.
 GetItem = frozenset({operator.getitem})
-
-Elementwise = Norm | Activation | Arithmetic
-Known = Conv | ConvTranspose | Matmul | Elementwise | Resample | Reduction | Movement | Creation \
-    | Symbolic | GetItem

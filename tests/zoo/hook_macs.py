@@ -9,7 +9,9 @@ transposed conv, linear and matmul-like layers; a transposed conv costs
 elementwise work, norms and interpolation are not MACs. Counts are per batch of the inputs given.
 
 Zoo modules that call functional convs (e.g. StyleGAN2's modulated conv) register a rule with
-`hook_rule(ModuleClass)`; a rule returns (real, literature) MACs for one call.
+`hook_rule(ModuleClass)` in `hook_rules.py`; a rule returns (real, literature) MACs for one call.
+`count_zoo_macs_on_meta` runs a zoo model on the meta device: shapes only, so standard configs
+cost milliseconds (the tests check it equals a real forward's count on the tiny configs).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Callable
 
 import torch
 from torch import nn
+from torch.utils import _pytree as pytree
 
 Rule = Callable[[nn.Module, tuple, object], tuple[float, float]]
 _RULES: dict[type, Rule] = {}
@@ -79,3 +82,16 @@ def count_macs(model: nn.Module, inputs: tuple) -> tuple[float, float]:
         for h in handles:
             h.remove()
     return totals[0], totals[1]
+
+
+def count_zoo_macs_on_meta(name: str, config: str) -> tuple[float, float]:
+    from gcc_gan.zoo import registry
+
+    with torch.device("meta"):
+        model = registry.build(name, config)
+    inputs = pytree.tree_map(lambda t: t.to("meta") if isinstance(t, torch.Tensor) else t,
+                             registry.example_inputs(name, config))
+    return count_macs(model, inputs)
+
+
+from tests.zoo import hook_rules  # noqa: E402,F401  (registers the zoo's functional-conv rules)

@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-import tests.zoo.hook_rules  # noqa: F401  (registers hook rules for functional-conv modules)
 from gcc_gan import trace
 from gcc_gan.zoo import ZOO, build, documented_macs, example_inputs
 from tests.zoo.hook_macs import count_macs
