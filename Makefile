@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/gcc-gan info gcc_gan.zoo:resnet_generator --input-shape 1,3,256,256
+	$(VENV)/bin/gcc-gan info gcc_gan.zoo:resnet_generator --input-shape 1,3,256,256 --channels
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -28,6 +28,7 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/trace_cost.py
+	$(PY) benchmarks/prune_search.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -22,7 +22,8 @@ from rich.table import Table
 
 from . import zoo
 from .ir import TraceError, trace
-from .summary import si
+from .channels import analyze_channels
+from .summary import channel_table, si
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="gcc-gan: a hardware-aware compression compiler for GAN generators.")
@@ -107,6 +108,8 @@ def info(
     arg: Annotated[Optional[list[str]], typer.Option(help="factory argument key=value")] = None,
     weights: Annotated[Optional[Path], typer.Option(help="state_dict checkpoint")] = None,
     all_nodes: Annotated[bool, typer.Option("--all-nodes", help="show every op")] = False,
+    channels: Annotated[bool, typer.Option(
+        "--channels", help="also show the prunable channel groups and any barriers")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print totals as JSON")] = False,
 ) -> None:
     """Trace MODEL and print its per-layer cost table."""
@@ -131,6 +134,8 @@ def info(
                           "notes": graph.notes}, indent=2))
     else:
         console.print(table)
+        if channels:
+            console.print(channel_table(analyze_channels(graph)))
 
 
 @app.command("zoo")

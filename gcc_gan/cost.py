@@ -29,9 +29,10 @@ import torch
 from torch import fx
 
 from .ir import ops
-from .ir.meta import node_val, source_module
+from .ir.meta import arg, source_module
+from .ir.shapes import BatchOneShapes
 
-MacRule = Callable[[fx.Node, "_Shapes"], tuple[int, int]]
+MacRule = Callable[[fx.Node, BatchOneShapes], tuple[int, int]]
 _MAC_RULES: dict[object, MacRule] = {}
 
 
@@ -92,62 +93,9 @@ class CostAnalysis:
         raise KeyError(name)
 
 
-class _Shapes:
-    """Concrete sizes at the costed batch: SymInts of the batch symbol are evaluated at 1."""
-
-    def __init__(self, gm: fx.GraphModule):
-        self.subs: dict = {}
-        self.batch = 1
-        for node in gm.graph.find_nodes(op="placeholder"):
-            val = node_val(node)
-            if isinstance(val, torch.Tensor) and val.dim() >= 1:
-                b = val.shape[0]
-                if isinstance(b, torch.SymInt):
-                    self.subs.update({s: 1 for s in b.node.expr.free_symbols})
-                elif not self.subs:
-                    self.batch = int(b)
-
-    def int(self, v) -> int:
-        if isinstance(v, fx.Node):
-            v = node_val(v)
-        if isinstance(v, torch.SymInt):
-            expr = v.node.expr.subs(self.subs)
-            if expr.is_number:
-                return int(expr)
-            if v.node.hint is None:  # a size computed from tensor values (e.g. nonzero)
-                raise ValueError(f"size {v} depends on tensor values: no static cost exists")
-            return int(v.node.hint)  # a size the example inputs fixed
-        return int(v)
-
-    def shape(self, v) -> tuple[int, ...]:
-        if isinstance(v, fx.Node):
-            v = node_val(v)
-        if isinstance(v, torch.Tensor):
-            return tuple(self.int(d) for d in v.shape)
-        return ()
-
-    def tensors(self, v) -> list[torch.Tensor]:
-        if isinstance(v, fx.Node):
-            v = node_val(v)
-        if isinstance(v, torch.Tensor):
-            return [v]
-        if isinstance(v, (tuple, list)):
-            return [t for x in v for t in self.tensors(x)]
-        return []
-
-    def bytes(self, v) -> int:
-        return sum(math.prod(self.shape(t)) * t.element_size() for t in self.tensors(v))
-
-
-def _arg(node: fx.Node, index: int, name: str, default=None):
-    if name in node.kwargs:
-        return node.kwargs[name]
-    return node.args[index] if len(node.args) > index else default
-
-
 @mac_rule(ops.Conv)
 def _conv_macs(node, s):
-    transposed = _arg(node, 6, "transposed", False) if ops.packet(node.target) in (
+    transposed = arg(node, 6, "transposed", False) if ops.packet(node.target) in (
         torch.ops.aten.convolution, torch.ops.aten._convolution) else False
     if transposed:
         return _conv_transpose_macs(node, s, groups_index=8)
@@ -159,7 +107,7 @@ def _conv_macs(node, s):
 @mac_rule(ops.ConvTranspose)
 def _conv_transpose_macs(node, s, groups_index=6):
     x, w = s.shape(node.args[0]), s.shape(node.args[1])
-    groups = s.int(_arg(node, groups_index, "groups", 1))
+    groups = s.int(arg(node, groups_index, "groups", 1))
     k = math.prod(w[2:])
     real = math.prod(x) * w[1] * k
     lit = math.prod(s.shape(node)) * (w[0] // groups) * k
@@ -225,7 +173,7 @@ def _aliases_input(target) -> bool:
     return bool(schema and schema.returns and schema.returns[0].alias_info is not None)
 
 
-def _elementwise(node: fx.Node, kind: str, s: _Shapes) -> int:
+def _elementwise(node: fx.Node, kind: str, s: BatchOneShapes) -> int:
     if kind in ("norm", "activation", "arithmetic", "resample"):
         return math.prod(s.shape(node))
     if kind == "reduction":
@@ -235,7 +183,7 @@ def _elementwise(node: fx.Node, kind: str, s: _Shapes) -> int:
 
 def analyze(gm: fx.GraphModule) -> CostAnalysis:
     """Cost every node of `gm` (a traced GanGraph program)."""
-    s = _Shapes(gm)
+    s = BatchOneShapes(gm)
     param_ids = {id(p) for p in gm.parameters()}
     tensors = _attr_tensors(gm)
     weight_bytes: dict[str, int] = {}
@@ -299,7 +247,7 @@ def _attr_tensors(gm: fx.GraphModule) -> dict[str, torch.Tensor]:
     return out
 
 
-def _peak_bytes(gm: fx.GraphModule, s: _Shapes) -> int:
+def _peak_bytes(gm: fx.GraphModule, s: BatchOneShapes) -> int:
     """Peak of live activation memory, executing nodes in graph order.
 
     A view keeps its base alive; a tensor is freed after the last use of it or any view of it.

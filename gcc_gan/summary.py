@@ -92,3 +92,21 @@ def layer_table(graph: "GanGraph", *, all_nodes: bool = False) -> LayerTable:
              f"traced by {graph.tracer}, batch {'dynamic' if graph.dynamic_batch else 'static'}",
              *graph.notes)
     return LayerTable(title=graph.model_class, rows=rows, cost=cost, notes=notes)
+
+
+def channel_table(analysis) -> Table:
+    """The prunable channel groups of a `ChannelAnalysis`, and the barriers that froze channels."""
+    frozen = analysis.frozen_macs()
+    caption = [f"{analysis.num_units} prunable channel units in {len(analysis.groups)} groups; "
+               f"MACs that cannot shrink: " + (", ".join(f"{si(m)} ({kind})" for kind, m in
+                                                          frozen.items()) or "none")]
+    caption += [f"barrier {b.op} at {b.node} froze {b.units} channels, {si(b.macs)} MACs: "
+                f"{b.source or 'no source line'}" for b in analysis.barriers]
+    table = Table(title="channel groups", caption="\n".join(caption), caption_justify="left",
+                  header_style="bold")
+    for col, justify in (("#", "right"), ("first tensor", "left"), ("module", "left"),
+                         ("channels", "right")):
+        table.add_column(col, justify=justify, no_wrap=True)
+    for g in analysis.groups:
+        table.add_row(str(g.index), g.name, g.module, str(len(g.units)))
+    return table

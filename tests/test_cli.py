@@ -72,3 +72,12 @@ def test_example_script_runs(capsys):
                    run_name="__main__")
     out = capsys.readouterr().out
     assert "real MACs" in out and "max |graph - eager| at batch 4: 0.0" in out
+
+
+def test_info_channels_lists_groups():
+    result = runner.invoke(app, ["info", "gcc_gan.zoo:resnet_generator", *TINY, "--channels"])
+    assert result.exit_code == 0, result.output
+    assert "channel groups" in result.output
+    # stem, first downsampler, the residual stream (second downsampler and the block outputs),
+    # the block interior, two upsamplers
+    assert "prunable channel units in 6 groups" in result.output

@@ -23,6 +23,13 @@ def node_val(node: fx.Node):
     return node.meta.get("val")
 
 
+def arg(node: fx.Node, index: int, name: str, default=None):
+    """Argument `name` of a call, given by keyword or at position `index` of the op's schema."""
+    if name in node.kwargs:
+        return node.kwargs[name]
+    return node.args[index] if len(node.args) > index else default
+
+
 def source_module(node: fx.Node) -> str:
     """Dotted path of the innermost user module that produced `node` ('' for the top level)."""
     stack = node.meta.get("nn_module_stack")

@@ -23,6 +23,7 @@ import io
 import logging
 import sys
 import traceback
+import warnings
 from typing import Any, Callable
 
 import torch
@@ -112,9 +113,16 @@ def _attempt(fn: Callable[[], torch.export.ExportedProgram]) -> torch.export.Exp
     return ep
 
 
+def copy_module(module: nn.Module) -> nn.Module:
+    """A deep copy; torch's own deprecation chatter about pytree specs is not the user's concern."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+        return copy.deepcopy(module)
+
+
 def _working_copy(model: nn.Module) -> tuple[nn.Module, list[str]]:
     try:
-        work = copy.deepcopy(model)
+        work = copy_module(model)
     except Exception as exc:
         raise TraceError(f"cannot trace {type(model).__qualname__}: the model cannot be "
                          f"deep-copied ({_one_line(exc)}); gcc_gan traces a copy so that your "

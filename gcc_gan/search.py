@@ -1,0 +1,97 @@
+"""The MACs budget search: CAT's one-step pruning (Algorithm 1), generalised to any graph.
+
+One global threshold on unit importance: the k least important units are removed, then each
+group is topped back up to its constraints (at least `min_channels` units; a kept count that is
+a multiple of `round_to`, or the whole group), restoring its most important units. MACs(k) is
+non-increasing in k, so k is bisected to the smallest value whose MACs meet the budget. Each
+step evaluates the analysis's MAC model (no forward pass, no graph rewrite).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .channels import ChannelAnalysis
+from .summary import si
+
+
+class BudgetError(ValueError):
+    """The budget cannot be met under the constraints; the message gives what can."""
+
+
+@dataclass(frozen=True)
+class PruneDecision:
+    keep: np.ndarray        # bool per prunable unit
+    budget_macs: int
+    macs: int               # achieved, real MACs at batch 1
+    lit_macs: int
+    pruned_units: int
+    threshold: float        # importance of the most important removed unit (-inf: none)
+    seconds: float
+
+
+def _ranks_in_group(analysis: ChannelAnalysis, scores: np.ndarray) -> tuple[np.ndarray, ...]:
+    group_of = np.zeros(analysis.num_units, dtype=np.int64)
+    rank = np.zeros(analysis.num_units, dtype=np.int64)
+    sizes = np.zeros(len(analysis.groups), dtype=np.int64)
+    for g in analysis.groups:
+        group_of[g.units] = g.index
+        order = g.units[np.argsort(-scores[g.units], kind="stable")]
+        rank[order] = np.arange(len(order))
+        sizes[g.index] = len(g.units)
+    return group_of, rank, sizes
+
+
+def _keep_mask(k: int, order_pos, group_of, rank, sizes, min_channels, round_to) -> np.ndarray:
+    survivors = np.bincount(group_of[order_pos >= k], minlength=len(sizes))
+    target = np.maximum(survivors, np.minimum(min_channels, sizes))
+    target = np.minimum(-(-target // round_to) * round_to, sizes)
+    return rank < target[group_of]
+
+
+def search_budget(analysis: ChannelAnalysis, scores: np.ndarray, *, budget_macs: float | None = None,
+                  ratio: float | None = None, min_channels: int = 1,
+                  round_to: int = 1) -> PruneDecision:
+    """Remove the least important units until the MACs fit `budget_macs` (or `ratio` of now)."""
+    if (budget_macs is None) == (ratio is None):
+        raise ValueError("give exactly one of budget_macs= or ratio=")
+    start = time.perf_counter()
+    full = analysis.macs()
+    budget = int(budget_macs if budget_macs is not None else ratio * full)
+    n = analysis.num_units
+    order = np.argsort(scores, kind="stable")
+    order_pos = np.empty(n, dtype=np.int64)
+    order_pos[order] = np.arange(n)
+    parts = _ranks_in_group(analysis, scores)
+
+    def keep_for(k: int) -> np.ndarray:
+        return _keep_mask(k, order_pos, *parts, min_channels, round_to)
+
+    smallest = analysis.macs(keep_for(n))
+    if smallest > budget:
+        raise BudgetError(
+            f"budget {si(budget)} MACs is below the smallest reachable under the constraints: "
+            f"{si(smallest)} MACs ({smallest / full:.1%} of {si(full)}; min_channels="
+            f"{min_channels}, round_to={round_to}; {si(analysis.macs(np.zeros(n, bool)))} MACs "
+            f"do not depend on prunable channels). Raise the budget, or lower "
+            f"min_channels/round_to.")
+    lo, hi = 0, n  # MACs(hi) <= budget; find the smallest such k
+    if analysis.macs(keep_for(0)) <= budget:
+        hi = 0
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if analysis.macs(keep_for(mid)) <= budget:
+            hi = mid
+        else:
+            lo = mid + 1
+    keep = keep_for(hi)
+    removed = scores[~keep]
+    return PruneDecision(keep=keep, budget_macs=budget, macs=analysis.macs(keep),
+                         lit_macs=analysis.macs(keep, literature=True),
+                         pruned_units=int((~keep).sum()),
+                         threshold=float(removed.max()) if removed.size else -math.inf,
+                         seconds=time.perf_counter() - start)
