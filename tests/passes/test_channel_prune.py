@@ -53,12 +53,13 @@ def test_zoo_models_have_no_barriers(name):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
-def test_standard_zoo_models_have_no_barriers_and_meet_25_percent(name):
+def test_standard_zoo_models_have_no_barriers_and_meet_25_and_10_percent(name):
     graph = trace(zoo.build(name, "standard"), zoo.example_inputs(name, "standard"))
     analysis = analyze_channels(graph)
     assert set(analysis.frozen_macs()) <= {"output"}
-    result = prune_channels(graph, config=PruneConfig(ratio=0.25))
-    assert 0.97 <= result.graph.macs / result.report.budget_macs <= 1.0
+    for ratio in (0.25, 0.1):
+        result = prune_channels(graph, config=PruneConfig(ratio=ratio))
+        assert 0.97 <= result.graph.macs / result.report.budget_macs <= 1.0, ratio
 
 
 def test_resnet9_to_3e9_macs_lands_within_3_percent():
