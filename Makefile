@@ -18,7 +18,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/gcc-gan info gcc_gan.zoo:resnet_generator --input-shape 1,3,256,256 --channels
+	$(VENV)/bin/gcc-gan compile gcc_gan.zoo:resnet_generator --input-shape 1,3,256,256 \
+		--target x86 --budget-macs 3e9 --out build/demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -29,6 +30,7 @@ test-all: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/trace_cost.py
 	$(PY) benchmarks/prune_search.py
+	$(PY) benchmarks/compile_e2e.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

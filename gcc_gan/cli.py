@@ -1,4 +1,5 @@
-"""The `gcc-gan` command line: inspect a generator's traced graph and costs, list the zoo.
+"""The `gcc-gan` command line: compile a generator, inspect its graph and costs, list targets
+and the zoo.
 
 A model is named ``MODULE:FACTORY`` (``gcc_gan.zoo:resnet_generator``, ``my_pkg.nets:G``) or
 ``path/to/file.py:FACTORY``; the factory is called with the ``--arg key=value`` pairs and may be
@@ -20,8 +21,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from . import targets as target_profiles
 from . import zoo
+from .api import compile as gcc_compile
 from .ir import TraceError, trace
+from .lower import LoweringError
+from .search import BudgetError
 from .channels import analyze_channels
 from .summary import channel_table, si
 
@@ -136,6 +141,43 @@ def info(
         console.print(table)
         if channels:
             console.print(channel_table(analyze_channels(graph)))
+
+
+@app.command("compile")
+def compile_cmd(
+    model: Annotated[str, typer.Argument(help="MODULE:FACTORY or file.py:FACTORY")],
+    input_shape: Annotated[list[str], typer.Option(
+        "--input-shape", help="shape of one positional input, e.g. 1,3,256,256 (repeat per input)")],
+    out: Annotated[Path, typer.Option("--out", help="output directory")],
+    target: Annotated[str, typer.Option(help="target name (gcc-gan targets)")] = "x86",
+    budget_macs: Annotated[Optional[float], typer.Option(help="MACs budget, e.g. 3e9")] = None,
+    ratio: Annotated[Optional[float], typer.Option(help="or: keep this fraction of MACs")] = None,
+    arg: Annotated[Optional[list[str]], typer.Option(help="factory argument key=value")] = None,
+    weights: Annotated[Optional[Path], typer.Option(help="state_dict checkpoint")] = None,
+    measure: Annotated[bool, typer.Option(help="time the original and the result")] = True,
+) -> None:
+    """Compress MODEL for TARGET to a MACs budget; write model.onnx, model.pt2 and the report."""
+    net = load_model(model, _parse_kwargs(arg or []), weights)
+    inputs = tuple(torch.randn(_parse_shape(s)) for s in input_shape)
+    try:
+        compiled = gcc_compile(net, target, budget_macs=budget_macs, ratio=ratio,
+                               example_inputs=inputs, output_dir=out, measure=measure)
+    except (TraceError, BudgetError, LoweringError, ValueError) as exc:
+        _fail(str(exc))
+    console.print(compiled.report)
+    console.print(f"wrote {out}/: model.onnx, model.pt2, example_inputs.pt, report.json, report.md")
+
+
+@app.command("targets")
+def targets_cmd() -> None:
+    """List the compilation targets."""
+    table = Table(title="targets", header_style="bold")
+    for col in ("name", "description", "passes", "lowering", "channel alignment"):
+        table.add_column(col)
+    for t in target_profiles.available():
+        table.add_row(t.name, t.description, ", ".join(t.passes), t.lowering,
+                      str(t.channel_alignment))
+    console.print(table)
 
 
 @app.command("zoo")

@@ -81,3 +81,33 @@ def test_info_channels_lists_groups():
     # stem, first downsampler, the residual stream (second downsampler and the block outputs),
     # the block interior, two upsamplers
     assert "prunable channel units in 6 groups" in result.output
+
+
+def test_compile_writes_the_artifact_directory(tmp_path: Path):
+    src = tmp_path / "gen.py"
+    src.write_text("import torch.nn as nn\n"
+                   "def make(width=8):\n"
+                   "    return nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width),\n"
+                   "                         nn.ReLU(), nn.Conv2d(width, 3, 3, padding=1), nn.Tanh())\n")
+    out = tmp_path / "build"
+    result = runner.invoke(app, ["compile", f"{src}:make", "--input-shape", "1,3,16,16",
+                                 "--ratio", "0.5", "--out", str(out), "--no-measure"])
+    assert result.exit_code == 0, result.output
+    assert {"model.onnx", "model.pt2", "example_inputs.pt", "report.json", "report.md"} <= \
+        {p.name for p in out.iterdir()}
+    report = json.loads((out / "report.json").read_text())
+    assert report["macs_after"] <= 0.5 * report["macs_before"]
+    assert [p["name"] for p in report["passes"]] == ["fold_norms", "prune_channels"]
+
+
+def test_compile_errors_are_one_line_and_exit_2(tmp_path: Path):
+    result = runner.invoke(app, ["compile", "gcc_gan.zoo:resnet_generator", "--arg", "ngf=8",
+                                 "--input-shape", "1,3,32,32", "--budget-macs", "100",
+                                 "--out", str(tmp_path), "--no-measure"])
+    assert result.exit_code == 2
+    assert "smallest reachable" in result.output
+
+
+def test_targets_lists_x86():
+    result = runner.invoke(app, ["targets"])
+    assert result.exit_code == 0 and "x86" in result.output and "prune_channels" in result.output

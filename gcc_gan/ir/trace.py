@@ -48,6 +48,11 @@ _ADVICE = {
     "torch.cond, or make the decision a constructor argument.",
     "UserError": "the model constrains its input shapes; check the example inputs.",
 }
+# Messages torch gives when example inputs do not fit the model (conv channels, matmul sizes).
+_SHAPE_HINTS = ("expected input", "size mismatch", "shapes cannot be multiplied",
+                "must match the size", "to have", "channels")
+_SHAPE_ADVICE = ("the example inputs do not fit the model: pass inputs with the shapes its "
+                 "forward expects (channels, sizes, number of inputs).")
 _PYTREE_HINT = "not a known type"
 _PYTREE_ADVICE = ("forward returns an object export cannot flatten; return tensors, tuples or "
                   "dicts, or register the type with torch.utils._pytree.register_pytree_node.")
@@ -223,6 +228,8 @@ def _user_frame(exc: BaseException) -> str:
 def _advice(exc: BaseException) -> str:
     if _PYTREE_HINT in str(exc):
         return _PYTREE_ADVICE
+    if isinstance(exc, (RuntimeError, ValueError)) and any(h in str(exc) for h in _SHAPE_HINTS):
+        return _SHAPE_ADVICE
     return _ADVICE.get(type(exc).__name__, "see the exceptions above.")
 
 

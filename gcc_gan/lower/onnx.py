@@ -1,0 +1,160 @@
+"""Lower a GanGraph to ONNX with a dynamic batch, and check it against the torch program.
+
+The exported program goes through torch.onnx's exporter (dynamo=True), so initializers keep
+the module paths of the weights they come from (``encoder.1.weight``). The IR version is capped
+at one ONNX Runtime loads (`MAX_IR_VERSION`): onnx may write newer ones.
+
+A program whose ops cannot take a symbolic batch in ONNX (StyleGAN2's modulated conv sets the
+conv *group count* to the batch, and ONNX Conv's `group` is a constant) is lowered at batch 1;
+`OnnxModel.run` then runs a larger batch one sample at a time, and `notes` says so.
+
+Parity: after lowering, ONNX Runtime's output on the example inputs (batch 1 and the example's
+batch) must match the torch program within `tolerance` * max(1, |reference|), or lowering fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch.utils import _pytree as pytree
+
+from ..ir import GanGraph, trace
+from ..runtime import ort_session
+
+MAX_IR_VERSION = 10
+
+
+class LoweringError(RuntimeError):
+    """The graph could not be lowered, or the lowered model disagrees with the torch program."""
+
+
+@dataclass(frozen=True)
+class OnnxModel:
+    data: bytes                       # the serialized ModelProto
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    dynamic_batch: bool
+    opset: int
+    parity_max_abs_diff: float        # against the torch program on the example inputs
+    notes: tuple[str, ...] = ()
+    threads: int | None = None        # ONNX Runtime intra-op threads; None: runtime's default
+    _session: list = field(default_factory=list, compare=False, repr=False)
+
+    def session(self) -> ort.InferenceSession:
+        if not self._session:
+            self._session.append(ort_session(self.data, threads=self.threads))
+        return self._session[0]
+
+    def feeds(self, inputs: tuple) -> dict[str, np.ndarray]:
+        leaves = [t for t in pytree.tree_leaves(inputs) if isinstance(t, torch.Tensor)]
+        if len(leaves) != len(self.input_names):
+            raise ValueError(f"the model takes {len(self.input_names)} tensor inputs "
+                             f"({', '.join(self.input_names)}), got {len(leaves)}")
+        return {n: t.detach().cpu().numpy() for n, t in zip(self.input_names, leaves)}
+
+    def run(self, *inputs) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """Run in ONNX Runtime; inputs as the torch module takes them."""
+        feeds = self.feeds(inputs)
+        batch = next(iter(feeds.values())).shape[0] if feeds else 1
+        if self.dynamic_batch or batch == 1:
+            outs = self.session().run(None, feeds)
+        else:  # lowered at batch 1: one sample at a time
+            per_sample = [self.session().run(None, {k: v[i:i + 1] for k, v in feeds.items()})
+                          for i in range(batch)]
+            outs = [np.concatenate(parts) for parts in zip(*per_sample)]
+        tensors = tuple(torch.from_numpy(o) for o in outs)
+        return tensors[0] if len(tensors) == 1 else tensors
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The exporter prints progress and logs about optional packages (torchvision); we report
+    what matters ourselves."""
+    loggers = [logging.getLogger(n) for n in list(logging.root.manager.loggerDict)
+               if n.startswith(("torch.onnx", "onnxscript"))]
+    loggers.append(logging.getLogger("torch.onnx"))
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _root_cause(exc: BaseException) -> str:
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}"
+
+
+def _export(graph: GanGraph) -> onnx.ModelProto:
+    with _quiet_exporter():
+        program = torch.onnx.export(graph.exported, graph.example_inputs, dynamo=True,
+                                    verbose=False)
+    model = program.model_proto
+    model.ir_version = min(model.ir_version, MAX_IR_VERSION)
+    return model
+
+
+def _first_sample(inputs: tuple) -> tuple:
+    return pytree.tree_map(lambda t: t[:1] if isinstance(t, torch.Tensor) and t.dim() else t, inputs)
+
+
+def lower_onnx(graph: GanGraph, *, tolerance: float = 1e-4, threads: int | None = None) -> OnnxModel:
+    """ONNX for `graph`, checked against the torch program; raises LoweringError on failure."""
+    notes: list[str] = []
+    dynamic = graph.dynamic_batch
+    try:
+        model = _export(graph)
+    except Exception as exc:  # noqa: BLE001  (the static retry below, or the error, reports it)
+        first = _root_cause(exc)
+        static = trace(graph.module, _first_sample(graph.example_inputs), dynamic_batch=False)
+        try:
+            model = _export(static)
+        except Exception as exc2:
+            raise LoweringError(f"ONNX export of {graph.model_class} failed: {first}; at a "
+                                f"static batch of 1 too: {_root_cause(exc2)}") from exc2
+        dynamic = False
+        notes.append(f"lowered at batch 1 (dynamic-batch export failed: {first}); "
+                     "run() handles larger batches one sample at a time")
+    data = model.SerializeToString()
+    lowered = OnnxModel(data=data, input_names=tuple(i.name for i in model.graph.input),
+                        output_names=tuple(o.name for o in model.graph.output),
+                        dynamic_batch=dynamic, opset=_opset(model), parity_max_abs_diff=0.0,
+                        notes=tuple(notes), threads=threads)
+    diff = _parity(graph, lowered, tolerance)
+    return OnnxModel(**{**lowered.__dict__, "parity_max_abs_diff": diff, "_session": lowered._session})
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def _parity(graph: GanGraph, lowered: OnnxModel, tolerance: float) -> float:
+    worst = 0.0
+    batches = {1: _first_sample(graph.example_inputs), "example": graph.example_inputs}
+    for label, inputs in batches.items():
+        with torch.no_grad():
+            expected = pytree.tree_leaves(graph(*inputs))
+        got = lowered.run(*inputs)
+        got = [got] if isinstance(got, torch.Tensor) else list(got)
+        for e, g in zip(expected, got):
+            diff = (e - g).abs().max().item()
+            worst = max(worst, diff)
+            if diff > tolerance * max(1.0, e.abs().max().item()):
+                raise LoweringError(f"ONNX Runtime disagrees with the torch program of "
+                                    f"{graph.model_class} by {diff:.3g} (batch {label}; "
+                                    f"tolerance {tolerance:g})")
+    return worst

@@ -1,0 +1,100 @@
+"""gcc_gan.compile end to end: every zoo model, save/load, the report, and the errors users hit."""
+
+import copy
+import json
+
+import pytest
+import torch
+
+import gcc_gan
+from gcc_gan import TraceError, zoo
+from gcc_gan.search import BudgetError
+
+NAMES = sorted(zoo.ZOO)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_zoo_model_compiles_at_25_percent(name, tmp_path):
+    model = zoo.build(name)
+    out = gcc_gan.compile(model, "x86", ratio=0.25, example_inputs=zoo.example_inputs(name),
+                          measure=False)
+    assert out.report.macs_after <= 0.25 * out.report.macs_before
+    for batch in (1, 4):
+        x = zoo.example_inputs(name, batch=batch, seed=batch)
+        with torch.no_grad():
+            expected = out.module(*x)
+        assert (out.run(*x) - expected).abs().max().item() <= 1e-4
+    loaded = gcc_gan.load(out.save(tmp_path / name))
+    x = zoo.example_inputs(name, batch=4, seed=7)
+    assert torch.equal(loaded.run(*x), out.run(*x))
+    with torch.no_grad():
+        assert torch.equal(loaded.module(*x), out.module(*x))
+    assert loaded.report == out.report
+
+
+def test_compile_never_modifies_the_users_model():
+    model = zoo.build("unet").train()
+    state = copy.deepcopy(model.state_dict())
+    gcc_gan.compile(model, ratio=0.3, example_inputs=zoo.example_inputs("unet"), measure=False)
+    assert model.training
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+def test_report_measures_latency_and_fidelity_and_round_trips(tmp_path):
+    model = zoo.build("resnet")
+    calib = [zoo.example_inputs("resnet", batch=2, seed=s) for s in range(3)]
+    out = gcc_gan.compile(model, budget_macs=0.5 * 5947392, example_inputs=calib[0],
+                          calib_data=calib, output_dir=tmp_path)
+    r = out.report
+    assert r.latency_before["backend"] == "torch" and r.latency_after["backend"] == "onnxruntime"
+    assert r.speedup and r.speedup > 0
+    assert r.fidelity_inputs == "3 calibration batches" and r.fidelity["samples"] == 6
+    assert 0 < r.fidelity["ssim"] <= 1 and r.fidelity["psnr"] > 0
+    assert [p.name for p in r.passes] == ["fold_norms", "prune_channels"]
+    assert r.passes[1].settings["budget_macs"] == 0.5 * 5947392
+    assert r.layers and r.environment["torch"] == torch.__version__
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert data["schema"] == "gcc-gan.compile-report/1" and data["macs_after"] == r.macs_after
+    assert gcc_gan.CompileReport.from_json(r.to_json()) == r
+    md = (tmp_path / "report.md").read_text()
+    assert "## Passes" in md and "## Layers" in md and "latency" in md
+    assert {"model.onnx", "model.pt2", "example_inputs.pt", "report.json", "report.md"} <= \
+        {p.name for p in tmp_path.iterdir()}
+
+
+def test_without_a_budget_pruning_is_skipped_and_said():
+    out = gcc_gan.compile(zoo.build("dcgan"), example_inputs=zoo.example_inputs("dcgan"),
+                          measure=False)
+    assert [p.name for p in out.report.passes] == ["fold_norms"]
+    assert "prune_channels skipped: no budget_macs= or ratio= given" in out.report.notes
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(ratio=0.5), ValueError, "needs example_inputs="),
+    (dict(ratio=0.5, example_inputs="x", target="tpu"), ValueError, "unknown target 'tpu'; available: x86"),
+    (dict(budget_macs=10, example_inputs=None), ValueError, "needs example_inputs="),
+    (dict(budget_macs=1e6, ratio=0.5, example_inputs="x"), ValueError, "not both"),
+    (dict(budget_latency_ms=20, example_inputs="x"), NotImplementedError, "targets issue"),
+    (dict(ratio=0.5, example_inputs="x", passes=["quantize"]), ValueError, "unknown passes"),
+])
+def test_bad_calls_say_what_to_do(kwargs, error, message):
+    if kwargs.get("example_inputs") == "x":
+        kwargs["example_inputs"] = zoo.example_inputs("resnet")
+    with pytest.raises(error, match=message):
+        gcc_gan.compile(zoo.build("resnet"), **kwargs)
+
+
+def test_unreachable_budget_states_the_minimum():
+    with pytest.raises(BudgetError, match="smallest reachable"):
+        gcc_gan.compile(zoo.build("resnet"), budget_macs=100,
+                        example_inputs=zoo.example_inputs("resnet"), measure=False)
+
+
+def test_wrong_input_shape_names_the_fix():
+    with pytest.raises(TraceError, match="example inputs do not fit the model"):
+        gcc_gan.compile(zoo.build("resnet"), ratio=0.5, example_inputs=(torch.randn(1, 4, 32, 32),))
+
+
+def test_load_of_a_non_model_directory_says_what_is_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing model.onnx"):
+        gcc_gan.load(tmp_path)
