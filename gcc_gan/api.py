@@ -12,7 +12,6 @@ The user's model is never modified: tracing works on a copy, and the "before" fi
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 from collections.abc import Iterable

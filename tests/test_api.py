@@ -98,3 +98,21 @@ def test_wrong_input_shape_names_the_fix():
 def test_load_of_a_non_model_directory_says_what_is_missing(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing model.onnx"):
         gcc_gan.load(tmp_path)
+
+
+def test_compiled_module_trains():
+    out = gcc_gan.compile(zoo.build("resnet"), ratio=0.3, example_inputs=zoo.example_inputs("resnet"),
+                          measure=False)
+    params = [p for p in out.module.parameters() if p.requires_grad]
+    assert params
+    optimizer = torch.optim.SGD(params, lr=1e-2)
+    x, target = zoo.example_inputs("resnet", batch=2, seed=3)[0], torch.zeros(2, 3, 32, 32)
+    losses = []
+    for _ in range(3):
+        optimizer.zero_grad()
+        loss = (out.module(x) - target).pow(2).mean()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(p.grad is not None for p in params)
+    assert losses[-1] < losses[0]

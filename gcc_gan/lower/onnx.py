@@ -15,6 +15,7 @@ batch) must match the torch program within `tolerance` * max(1, |reference|), or
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
 import warnings
@@ -135,7 +136,7 @@ def lower_onnx(graph: GanGraph, *, tolerance: float = 1e-4, threads: int | None 
                         dynamic_batch=dynamic, opset=_opset(model), parity_max_abs_diff=0.0,
                         notes=tuple(notes), threads=threads)
     diff = _parity(graph, lowered, tolerance)
-    return OnnxModel(**{**lowered.__dict__, "parity_max_abs_diff": diff, "_session": lowered._session})
+    return dataclasses.replace(lowered, parity_max_abs_diff=diff)  # keeps the open session
 
 
 def _opset(model: onnx.ModelProto) -> int:
