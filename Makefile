@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/trace_cost.py
 	$(PY) benchmarks/prune_search.py
 	$(PY) benchmarks/compile_e2e.py
+	$(PY) benchmarks/quant.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -31,12 +31,15 @@ from .ir import GanGraph, trace
 from .ir.trace import copy_module
 from .lower import OnnxModel, lower_onnx
 from .measure import environment, time_call, time_torch
-from .metrics import fidelity
+from .metrics import fidelity, psnr
 from .passes.channel_prune import PruneConfig, prune_channels
+from .passes.deconv_to_subpixel import deconv_to_subpixel
 from .passes.fold_norms import fold_norms
+from .passes.quantize import QuantConfig, quantize_int8
 from .report import CompileReport, LayerChange, PassEntry, jsonable
 
-PASSES = {"fold_norms": fold_norms, "prune_channels": prune_channels}
+PASSES = {"fold_norms": fold_norms, "deconv_to_subpixel": deconv_to_subpixel,
+          "prune_channels": prune_channels, "quantize_int8": quantize_int8}
 FIDELITY_BATCHES = 8  # calibration batches compared against the original for the report
 
 
@@ -87,7 +90,8 @@ def load(directory: str | Path) -> CompiledGenerator:
                         output_names=tuple(o.name for o in proto.graph.output),
                         dynamic_batch=low["dynamic_batch"], opset=low["opset"],
                         parity_max_abs_diff=low["parity_max_abs_diff"],
-                        notes=tuple(low["notes"]), threads=low["threads"])
+                        notes=tuple(low["notes"]), threads=low["threads"],
+                        int8_layers=low["int8_layers"])
     return CompiledGenerator(graph, lowered, report)
 
 
@@ -95,27 +99,44 @@ def compile(model: nn.Module, target: str = "x86", *, budget_macs: float | None 
             ratio: float | None = None, budget_latency_ms: float | None = None,
             example_inputs=None, calib_data: Iterable | None = None,
             passes: list[str] | None = None, output_dir: str | Path | None = None,
-            min_channels: int = 1, measure: bool = True) -> CompiledGenerator:
-    """Compress `model` for `target` to a MACs budget (`budget_macs`, or `ratio` of its MACs)."""
+            min_channels: int = 1, round_to: int | None = None, min_psnr: float | None = None,
+            measure: bool = True) -> CompiledGenerator:
+    """Compress `model` for `target` to a MACs budget (`budget_macs`, or `ratio` of its MACs).
+
+    With int8 in the pipeline, `min_psnr` (dB vs the float model on the calibration batches)
+    keeps the most quantization-sensitive layers in float until the floor holds. `round_to`
+    overrides the target's channel alignment (x86: 16, for int8 kernels).
+    """
     start = time.perf_counter()
     inputs, profile, pipeline = _check_call(model, target, budget_macs, ratio, budget_latency_ms,
                                             example_inputs, passes)
     notes: list[str] = []
+    calib = _batches(calib_data, FIDELITY_BATCHES) if calib_data is not None else None
     with _steps() as step:
         with step("tracing"):
             original = trace(model, inputs)
-        graph, entries = original, []
+        if ratio is not None:  # of the model as given, not of what earlier passes made of it
+            budget_macs, ratio = ratio * original.macs, None
+        graph, entries, float_graph = original, [], None
         for name in pipeline:
+            if name == "quantize_int8":
+                float_graph = graph
             if name == "prune_channels" and budget_macs is None and ratio is None:
                 notes.append("prune_channels skipped: no budget_macs= or ratio= given")
                 continue
             with step(f"{name}"):
-                graph, entry = _run_pass(name, graph, profile, budget_macs, ratio, min_channels)
+                graph, entry = _run_pass(name, graph, profile, budget_macs, ratio, min_channels,
+                                         min_psnr, calib, round_to)
             entries.append(entry)
         with step("lowering to ONNX and checking parity"):
-            lowered = lower_onnx(graph, threads=torch.get_num_threads())
+            lowered = lower_onnx(graph, threads=torch.get_num_threads(), calib=calib)
+        int8_psnr = None
+        if float_graph is not None and lowered.int8_layers:
+            with step("checking the int8 model against the float one"):
+                graph, lowered, int8_psnr, entries[-1] = _meet_floor(
+                    float_graph, graph, lowered, entries[-1], profile, min_psnr, calib, inputs)
         with step("measuring fidelity"):
-            fid, fid_inputs = _fidelity(original, lowered, calib_data, inputs)
+            fid, fid_inputs = _fidelity(original, lowered, calib, inputs)
         latency_before = latency_after = None
         if measure:
             with step("timing the original (eager torch) and the result (ONNX Runtime)"):
@@ -125,8 +146,7 @@ def compile(model: nn.Module, target: str = "x86", *, budget_macs: float | None 
     barriers = analyze_channels(original).barriers
     report = CompileReport(
         model=type(model).__qualname__, target=profile.name,
-        budget_macs=int(budget_macs if budget_macs is not None else ratio * original.macs)
-        if (budget_macs is not None or ratio is not None) else None,
+        budget_macs=int(budget_macs) if budget_macs is not None else None,
         macs_before=original.macs, macs_after=graph.macs, lit_macs_before=original.lit_macs,
         lit_macs_after=graph.lit_macs, params_before=original.params, params_after=graph.params,
         weight_bytes_before=original.weight_bytes, weight_bytes_after=graph.weight_bytes,
@@ -134,6 +154,7 @@ def compile(model: nn.Module, target: str = "x86", *, budget_macs: float | None 
         fidelity=jsonable(fid), fidelity_inputs=fid_inputs, passes=tuple(entries),
         barriers=tuple(jsonable(b) for b in barriers), layers=_layer_changes(original, graph),
         lowering={"format": "onnx", "opset": lowered.opset, "dynamic_batch": lowered.dynamic_batch,
+                  "int8_layers": lowered.int8_layers, "int8_psnr_vs_float": int8_psnr,
                   "graph_dynamic_batch": graph.dynamic_batch,
                   "parity_max_abs_diff": lowered.parity_max_abs_diff,
                   "threads": lowered.threads, "notes": list(lowered.notes)},
@@ -166,12 +187,15 @@ def _check_call(model, target, budget_macs, ratio, budget_latency_ms, example_in
     return inputs, profile, pipeline
 
 
-def _run_pass(name, graph, profile, budget_macs, ratio, min_channels):
+def _run_pass(name, graph, profile, budget_macs, ratio, min_channels, min_psnr, calib,
+              round_to=None):
     start = time.perf_counter()
     if name == "prune_channels":
         config = PruneConfig(budget_macs=budget_macs, ratio=ratio, min_channels=min_channels,
-                             round_to=profile.channel_alignment)
-        result = prune_channels(graph, profile, config)
+                             round_to=round_to or profile.channel_alignment)
+        result = prune_channels(graph, None, config)  # the alignment is settled in config
+    elif name == "quantize_int8":
+        result = quantize_int8(graph, profile, QuantConfig(min_psnr=min_psnr), calib_data=calib)
     else:
         result = PASSES[name](graph, profile)
     report = jsonable(result.report)
@@ -181,6 +205,31 @@ def _run_pass(name, graph, profile, budget_macs, ratio, min_channels):
     return result.graph, PassEntry(name=name, settings=settings, seconds=time.perf_counter() - start,
                                    details=report, **{k: v for k, v in standard.items()
                                                       if k != "name"})
+
+
+FLOOR_RETRIES = 3
+
+
+def _psnr_vs(graph: GanGraph, lowered: OnnxModel, batches: list[tuple]) -> float:
+    with torch.no_grad():
+        refs = torch.cat([_first(graph(*b)) for b in batches])
+    return psnr(torch.cat([_first(lowered.run(*b)) for b in batches]), refs)
+
+
+def _meet_floor(float_graph, graph, lowered, entry, profile, min_psnr, calib, inputs):
+    """The real int8 model's PSNR vs the float one; below `min_psnr`, requantize with the
+    simulated floor raised by the shortfall (the simulation is close, not exact)."""
+    batches = calib or [inputs]
+    measured = _psnr_vs(float_graph, lowered, batches)
+    floor = min_psnr
+    for _ in range(FLOOR_RETRIES if min_psnr is not None else 0):
+        if measured >= min_psnr or not lowered.int8_layers:
+            break
+        floor += min_psnr - measured + 0.5
+        graph, entry = _run_pass("quantize_int8", float_graph, profile, None, None, 1, floor, calib)
+        lowered = lower_onnx(graph, threads=lowered.threads, calib=calib)
+        measured = _psnr_vs(float_graph, lowered, batches)
+    return graph, lowered, measured, entry
 
 
 def _batches(calib_data: Iterable, limit: int) -> list[tuple]:
@@ -193,8 +242,8 @@ def _batches(calib_data: Iterable, limit: int) -> list[tuple]:
     return out
 
 
-def _fidelity(original: GanGraph, lowered: OnnxModel, calib_data, inputs):
-    batches = _batches(calib_data, FIDELITY_BATCHES) if calib_data is not None else []
+def _fidelity(original: GanGraph, lowered: OnnxModel, calib: list[tuple] | None, inputs):
+    batches = calib or []
     label = f"{len(batches)} calibration batches"
     if not batches:
         batches = [inputs]

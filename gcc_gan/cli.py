@@ -154,6 +154,10 @@ def compile_cmd(
     ratio: Annotated[Optional[float], typer.Option(help="or: keep this fraction of MACs")] = None,
     arg: Annotated[Optional[list[str]], typer.Option(help="factory argument key=value")] = None,
     weights: Annotated[Optional[Path], typer.Option(help="state_dict checkpoint")] = None,
+    round_to: Annotated[Optional[int], typer.Option(
+        help="kept channels per group: a multiple of this (default: the target's alignment)")] = None,
+    min_psnr: Annotated[Optional[float], typer.Option(
+        help="int8 floor: dB vs the float model; sensitive layers stay float")] = None,
     measure: Annotated[bool, typer.Option(help="time the original and the result")] = True,
 ) -> None:
     """Compress MODEL for TARGET to a MACs budget; write model.onnx, model.pt2 and the report."""
@@ -161,7 +165,9 @@ def compile_cmd(
     inputs = tuple(torch.randn(_parse_shape(s)) for s in input_shape)
     try:
         compiled = gcc_compile(net, target, budget_macs=budget_macs, ratio=ratio,
-                               example_inputs=inputs, output_dir=out, measure=measure)
+                               example_inputs=inputs, output_dir=out, min_psnr=min_psnr,
+                               round_to=round_to,
+                               measure=measure)
     except (TraceError, BudgetError, LoweringError, ValueError) as exc:
         _fail(str(exc))
     console.print(compiled.report)

@@ -29,7 +29,7 @@ import torch
 from torch import fx
 
 from .ir import ops
-from .ir.meta import arg, source_module
+from .ir.meta import arg, attr, source_module
 from .ir.shapes import BatchOneShapes
 
 MacRule = Callable[[fx.Node, BatchOneShapes], tuple[int, int]]
@@ -239,9 +239,7 @@ def _attr_tensors(gm: fx.GraphModule) -> dict[str, torch.Tensor]:
     for node in gm.graph.find_nodes(op="get_attr"):
         if not node.users:
             continue
-        obj = gm
-        for part in node.target.split("."):
-            obj = getattr(obj, part)
+        obj = attr(gm, node.target)
         if isinstance(obj, torch.Tensor):
             out[node.name] = obj
     return out

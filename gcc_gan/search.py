@@ -2,7 +2,8 @@
 
 One global threshold on unit importance: the k least important units are removed, then each
 group is topped back up to its constraints (at least `min_channels` units; a kept count that is
-a multiple of `round_to`, or the whole group), restoring its most important units. MACs(k) is
+a multiple of `round_to`, or the whole group; groups narrower than `round_to` are exempt, as
+no kept count could align them), restoring its most important units. MACs(k) is
 non-increasing in k, so k is bisected to the smallest value whose MACs meet the budget. Each
 step evaluates the analysis's MAC model (no forward pass, no graph rewrite).
 """
@@ -49,7 +50,9 @@ def _ranks_in_group(analysis: ChannelAnalysis, scores: np.ndarray) -> tuple[np.n
 def _keep_mask(k: int, order_pos, group_of, rank, sizes, min_channels, round_to) -> np.ndarray:
     survivors = np.bincount(group_of[order_pos >= k], minlength=len(sizes))
     target = np.maximum(survivors, np.minimum(min_channels, sizes))
-    target = np.minimum(-(-target // round_to) * round_to, sizes)
+    # a group narrower than the alignment cannot be aligned (the kernel pads it): prune freely
+    align = np.where(sizes >= round_to, round_to, 1)
+    target = np.minimum(-(-target // align) * align, sizes)
     return rank < target[group_of]
 
 

@@ -13,11 +13,16 @@ from gcc_gan.search import BudgetError
 NAMES = sorted(zoo.ZOO)
 
 
+FLOAT = ["fold_norms", "prune_channels"]
+TINY = 1  # tiny models' groups are narrower than x86's 16-channel alignment
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_every_zoo_model_compiles_at_25_percent(name, tmp_path):
+    """In float, the ONNX model must agree with `.module`; int8 is checked below."""
     model = zoo.build(name)
     out = gcc_gan.compile(model, "x86", ratio=0.25, example_inputs=zoo.example_inputs(name),
-                          measure=False)
+                          passes=FLOAT, round_to=TINY, measure=False)
     assert out.report.macs_after <= 0.25 * out.report.macs_before
     for batch in (1, 4):
         x = zoo.example_inputs(name, batch=batch, seed=batch)
@@ -32,10 +37,27 @@ def test_every_zoo_model_compiles_at_25_percent(name, tmp_path):
     assert loaded.report == out.report
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_every_zoo_model_compiles_to_int8_at_25_percent(name, tmp_path):
+    calib = [zoo.example_inputs(name, batch=2, seed=s) for s in range(2)]
+    out = gcc_gan.compile(zoo.build(name), "x86", ratio=0.25, example_inputs=calib[0],
+                          calib_data=calib, round_to=TINY, measure=False)
+    assert [p.name for p in out.report.passes][-1] == "quantize_int8"
+    low = out.report.lowering
+    assert low["int8_layers"] == 0 or low["int8_psnr_vs_float"] > 30
+    for batch in (1, 4):
+        x = zoo.example_inputs(name, batch=batch, seed=batch)
+        with torch.no_grad():
+            assert out.run(*x).shape == out.module(*x).shape
+    x = zoo.example_inputs(name, batch=4, seed=7)
+    assert torch.equal(gcc_gan.load(out.save(tmp_path / name)).run(*x), out.run(*x))
+
+
 def test_compile_never_modifies_the_users_model():
     model = zoo.build("unet").train()
     state = copy.deepcopy(model.state_dict())
-    gcc_gan.compile(model, ratio=0.3, example_inputs=zoo.example_inputs("unet"), measure=False)
+    gcc_gan.compile(model, ratio=0.3, example_inputs=zoo.example_inputs("unet"), round_to=TINY,
+                    measure=False)
     assert model.training
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
 
@@ -44,14 +66,16 @@ def test_report_measures_latency_and_fidelity_and_round_trips(tmp_path):
     model = zoo.build("resnet")
     calib = [zoo.example_inputs("resnet", batch=2, seed=s) for s in range(3)]
     out = gcc_gan.compile(model, budget_macs=0.5 * 5947392, example_inputs=calib[0],
-                          calib_data=calib, output_dir=tmp_path)
+                          calib_data=calib, output_dir=tmp_path, round_to=TINY)
     r = out.report
     assert r.latency_before["backend"] == "torch" and r.latency_after["backend"] == "onnxruntime"
     assert r.speedup and r.speedup > 0
     assert r.fidelity_inputs == "3 calibration batches" and r.fidelity["samples"] == 6
     assert 0 < r.fidelity["ssim"] <= 1 and r.fidelity["psnr"] > 0
-    assert [p.name for p in r.passes] == ["fold_norms", "prune_channels"]
-    assert r.passes[1].settings["budget_macs"] == 0.5 * 5947392
+    assert [p.name for p in r.passes] == ["fold_norms", "deconv_to_subpixel", "prune_channels",
+                                          "quantize_int8"]
+    assert r.lowering["int8_layers"] == 10 and r.lowering["int8_psnr_vs_float"] > 30  # 8 + 2 subpixel
+    assert r.passes[2].settings["budget_macs"] == 0.5 * 5947392
     assert r.layers and r.environment["torch"] == torch.__version__
     data = json.loads((tmp_path / "report.json").read_text())
     assert data["schema"] == "gcc-gan.compile-report/1" and data["macs_after"] == r.macs_after
@@ -65,7 +89,7 @@ def test_report_measures_latency_and_fidelity_and_round_trips(tmp_path):
 def test_without_a_budget_pruning_is_skipped_and_said():
     out = gcc_gan.compile(zoo.build("dcgan"), example_inputs=zoo.example_inputs("dcgan"),
                           measure=False)
-    assert [p.name for p in out.report.passes] == ["fold_norms"]
+    assert [p.name for p in out.report.passes] == ["fold_norms", "deconv_to_subpixel", "quantize_int8"]
     assert "prune_channels skipped: no budget_macs= or ratio= given" in out.report.notes
 
 
@@ -92,7 +116,8 @@ def test_unreachable_budget_states_the_minimum():
 
 def test_wrong_input_shape_names_the_fix():
     with pytest.raises(TraceError, match="example inputs do not fit the model"):
-        gcc_gan.compile(zoo.build("resnet"), ratio=0.5, example_inputs=(torch.randn(1, 4, 32, 32),))
+        gcc_gan.compile(zoo.build("resnet"), ratio=0.5, example_inputs=(torch.randn(1, 4, 32, 32),),
+                        round_to=TINY)
 
 
 def test_load_of_a_non_model_directory_says_what_is_missing(tmp_path):
@@ -102,7 +127,7 @@ def test_load_of_a_non_model_directory_says_what_is_missing(tmp_path):
 
 def test_compiled_module_trains():
     out = gcc_gan.compile(zoo.build("resnet"), ratio=0.3, example_inputs=zoo.example_inputs("resnet"),
-                          measure=False)
+                          passes=FLOAT, round_to=TINY, measure=False)
     params = [p for p in out.module.parameters() if p.requires_grad]
     assert params
     optimizer = torch.optim.SGD(params, lr=1e-2)

@@ -91,13 +91,15 @@ def test_compile_writes_the_artifact_directory(tmp_path: Path):
                    "                         nn.ReLU(), nn.Conv2d(width, 3, 3, padding=1), nn.Tanh())\n")
     out = tmp_path / "build"
     result = runner.invoke(app, ["compile", f"{src}:make", "--input-shape", "1,3,16,16",
-                                 "--ratio", "0.5", "--out", str(out), "--no-measure"])
+                                 "--ratio", "0.5", "--round-to", "1", "--out", str(out),
+                                 "--no-measure"])
     assert result.exit_code == 0, result.output
     assert {"model.onnx", "model.pt2", "example_inputs.pt", "report.json", "report.md"} <= \
         {p.name for p in out.iterdir()}
     report = json.loads((out / "report.json").read_text())
     assert report["macs_after"] <= 0.5 * report["macs_before"]
-    assert [p["name"] for p in report["passes"]] == ["fold_norms", "prune_channels"]
+    assert [p["name"] for p in report["passes"]] == ["fold_norms", "deconv_to_subpixel",
+                                                      "prune_channels", "quantize_int8"]
 
 
 def test_compile_errors_are_one_line_and_exit_2(tmp_path: Path):
@@ -110,4 +112,4 @@ def test_compile_errors_are_one_line_and_exit_2(tmp_path: Path):
 
 def test_targets_lists_x86():
     result = runner.invoke(app, ["targets"])
-    assert result.exit_code == 0 and "x86" in result.output and "prune_channels" in result.output
+    assert result.exit_code == 0 and "x86" in result.output and "quantize_int8" in result.output

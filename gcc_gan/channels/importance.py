@@ -17,6 +17,7 @@ import torch
 from torch import fx
 
 from ..ir import ops
+from ..ir.meta import attr
 from .analysis import ChannelAnalysis
 
 _AFFINE_NORMS = ops.op_set("batch_norm", "instance_norm", "group_norm", "native_batch_norm",
@@ -32,13 +33,6 @@ def _norm_weight_targets(gm: fx.GraphModule) -> set[str]:
             if isinstance(w, fx.Node) and w.op == "get_attr":
                 targets.add(w.target)
     return targets
-
-
-def _tensor(gm: fx.GraphModule, target: str) -> torch.Tensor:
-    obj = gm
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj.detach().float()
 
 
 def _accumulate(scores: np.ndarray, seen: np.ndarray, unit_idx: np.ndarray, values: np.ndarray):
@@ -57,7 +51,7 @@ def default_importance(analysis: ChannelAnalysis) -> np.ndarray:
     slices, has_slices = np.zeros(n), np.zeros(n, bool)
     norm_weights = _norm_weight_targets(gm)
     for target, labels in analysis.attr_labels.items():
-        t = _tensor(gm, target)
+        t = attr(gm, target).detach().float()
         if target in norm_weights:
             _accumulate(gamma, has_gamma, analysis.unit_index(labels[0]), t.abs().numpy())
             continue

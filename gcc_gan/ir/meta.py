@@ -23,6 +23,14 @@ def node_val(node: fx.Node):
     return node.meta.get("val")
 
 
+def attr(gm: fx.GraphModule, target: str):
+    """The object a get_attr target names (``encoder.1.weight``)."""
+    obj = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
 def arg(node: fx.Node, index: int, name: str, default=None):
     """Argument `name` of a call, given by keyword or at position `index` of the op's schema."""
     if name in node.kwargs:

@@ -10,6 +10,8 @@ conv *group count* to the batch, and ONNX Conv's `group` is a constant) is lower
 
 Parity: after lowering, ONNX Runtime's output on the example inputs (batch 1 and the example's
 batch) must match the torch program within `tolerance` * max(1, |reference|), or lowering fails.
+The check runs on the fp32 model; an int8 plan (`gcc_gan.lower.qdq`) is applied after it, and
+its error is what the report's fidelity measures.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ import torch
 from torch.utils import _pytree as pytree
 
 from ..ir import GanGraph, trace
+from ..quant import quant_plan
 from ..runtime import ort_session
+from .qdq import to_qdq
 
 MAX_IR_VERSION = 10
 
@@ -47,6 +51,7 @@ class OnnxModel:
     parity_max_abs_diff: float        # against the torch program on the example inputs
     notes: tuple[str, ...] = ()
     threads: int | None = None        # ONNX Runtime intra-op threads; None: runtime's default
+    int8_layers: int = 0              # convs lowered as QDQ int8 (quantize_int8's plan)
     _session: list = field(default_factory=list, compare=False, repr=False)
 
     def session(self) -> ort.InferenceSession:
@@ -113,8 +118,14 @@ def _first_sample(inputs: tuple) -> tuple:
     return pytree.tree_map(lambda t: t[:1] if isinstance(t, torch.Tensor) and t.dim() else t, inputs)
 
 
-def lower_onnx(graph: GanGraph, *, tolerance: float = 1e-4, threads: int | None = None) -> OnnxModel:
-    """ONNX for `graph`, checked against the torch program; raises LoweringError on failure."""
+def lower_onnx(graph: GanGraph, *, tolerance: float = 1e-4, threads: int | None = None,
+               calib: list[tuple] | None = None) -> OnnxModel:
+    """ONNX for `graph`, checked against the torch program; raises LoweringError on failure.
+
+    When `quantize_int8` annotated the graph, the checked fp32 model becomes QDQ int8 with the
+    pass's scales (`calib` batches, or the example inputs, feed ONNX Runtime's tooling for the
+    tensors the plan leaves to it).
+    """
     notes: list[str] = []
     dynamic = graph.dynamic_batch
     try:
@@ -135,8 +146,18 @@ def lower_onnx(graph: GanGraph, *, tolerance: float = 1e-4, threads: int | None 
                         output_names=tuple(o.name for o in model.graph.output),
                         dynamic_batch=dynamic, opset=_opset(model), parity_max_abs_diff=0.0,
                         notes=tuple(notes), threads=threads)
-    diff = _parity(graph, lowered, tolerance)
-    return dataclasses.replace(lowered, parity_max_abs_diff=diff)  # keeps the open session
+    lowered = dataclasses.replace(lowered, parity_max_abs_diff=_parity(graph, lowered, tolerance))
+    plan = quant_plan(graph.module)
+    if not plan:
+        return lowered
+    batches = calib or [graph.example_inputs]
+    if not lowered.dynamic_batch:
+        batches = [_first_sample(b) for b in batches]
+    data, missing = to_qdq(lowered.data, plan, [lowered.feeds(b) for b in batches])
+    if missing:
+        notes.append(f"int8 plan names layers the ONNX graph lacks, left float: {missing}")
+    return dataclasses.replace(lowered, data=data, int8_layers=len(plan) - len(missing),
+                               notes=tuple(notes), _session=[])
 
 
 def _opset(model: onnx.ModelProto) -> int:

@@ -1,0 +1,213 @@
+"""`quantize_int8`: decide which layers run in int8, and with which scales.
+
+The pass does not change the program: it annotates each chosen conv node with a `LayerQuant`
+(`gcc_gan.quant`, under node.meta[QUANT_KEY]) holding the int8 parameters of its weight, its input and its
+output, decided here from calibration (`gcc_gan.quant`). Lowering turns the annotations into
+QDQ ONNX (`gcc_gan.lower.qdq`), where ONNX Runtime fuses DQ -> Conv -> Q into int8 kernels.
+
+Chosen: ordinary convs whose weight is a stored tensor. Left in float, with the reason in the
+report: transposed convs (ONNX Runtime has no int8 ConvTranspose on CPU; run
+`deconv_to_subpixel` first), convs with computed weights (StyleGAN2's modulated convs), and the
+layers a `min_psnr` floor sends back to float. Norms and elementwise ops stay float.
+
+Mixed precision: each layer's sensitivity is the PSNR of the output when only that layer is
+(fake-)quantized. Starting from all layers in int8, the most sensitive layer goes back to float
+until the simulated PSNR of the whole model meets `min_psnr`. First and last layers are
+candidates like any other.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+from torch import fx
+
+from gcc_gan.ir import GanGraph, ops
+from gcc_gan.ir.meta import arg, attr, source_module
+from gcc_gan.ir.trace import copy_module
+from gcc_gan.metrics import psnr
+from gcc_gan.quant import (OBSERVERS, QUANT_KEY, LayerQuant, Observer, fake_quantize,
+                           symmetric_qparams)
+
+@dataclass(frozen=True)
+class QuantConfig:
+    observer: str = "minmax"            # "minmax" | "percentile" | "mse", for activations
+    percentile: float = 99.99
+    per_channel: bool = False           # weights: one scale per output channel, or per tensor
+    activations: str = "uint8"          # "uint8" | "int8"
+    min_psnr: float | None = None       # dB vs the float model; None: every eligible layer int8
+    max_calib_batches: int = 8
+
+    def __post_init__(self):
+        if self.observer not in OBSERVERS:
+            raise ValueError(f"observer must be one of {OBSERVERS}, got {self.observer!r}")
+        if self.activations not in ("uint8", "int8"):
+            raise ValueError(f"activations must be 'uint8' or 'int8', got {self.activations!r}")
+
+
+@dataclass(frozen=True)
+class QuantReport:
+    layers: tuple[dict, ...]           # per int8 layer: node, module, scales, sensitivity
+    float_layers: tuple[tuple[str, str], ...]  # (node (module), why it stays float)
+    simulated_psnr: float              # int8 model vs float, simulated in torch
+    calibration: str
+    macs_before: int
+    macs_after: int
+    params_before: int
+    params_after: int
+    name: str = "quantize_int8"
+
+
+@dataclass(frozen=True)
+class QuantResult:
+    graph: GanGraph
+    report: QuantReport
+    plan: tuple[LayerQuant, ...] = field(repr=False, default=())
+
+
+def _label(node: fx.Node) -> str:
+    return f"{node.name} ({source_module(node)})"
+
+
+def _candidates(gm: fx.GraphModule) -> tuple[list[fx.Node], list[tuple[str, str]]]:
+    chosen, skipped = [], []
+    for node in gm.graph.nodes:
+        if node.op != "call_function":
+            continue
+        p = ops.packet(node.target)
+        if p in ops.ConvTranspose or (p in (torch.ops.aten.convolution, torch.ops.aten._convolution)
+                                      and arg(node, 6, "transposed", False)):
+            skipped.append((_label(node), "transposed conv: no int8 kernel in ONNX Runtime on "
+                                          "CPU (deconv_to_subpixel rewrites it as a conv)"))
+        elif p in ops.Conv:
+            weight = node.args[1]
+            if isinstance(weight, fx.Node) and weight.op == "get_attr":
+                chosen.append(node)
+            else:
+                skipped.append((_label(node), "its weight is computed (e.g. modulated), "
+                                              "not a stored tensor"))
+    return chosen, skipped
+
+
+def _batches(calib_data, example_inputs, limit: int) -> tuple[list[tuple], str]:
+    if calib_data is None:
+        warnings.warn("quantize_int8: no calib_data given; calibrating on the example inputs, "
+                      "whose ranges may not be representative", stacklevel=3)
+        return [example_inputs], "the example inputs (no calib_data given)"
+    out = []
+    for batch in calib_data:
+        out.append(batch if isinstance(batch, tuple) else tuple(batch) if isinstance(batch, list)
+                   else (batch,))
+        if len(out) == limit:
+            break
+    return out, f"{len(out)} calibration batches"
+
+
+class _Recorder(fx.Interpreter):
+    def __init__(self, gm, watch: dict[str, Observer]):
+        super().__init__(gm)
+        self.watch = watch
+
+    def run_node(self, n):
+        out = super().run_node(n)
+        if n.name in self.watch:
+            self.watch[n.name].update(out)
+        return out
+
+
+class _FakeQuant(fx.Interpreter):
+    """Runs the program with the chosen layers' inputs, weights and outputs fake-quantized."""
+
+    def __init__(self, gm, plan: dict[str, LayerQuant]):
+        super().__init__(gm)
+        self.plan = plan
+
+    def run_node(self, n):
+        layer = self.plan.get(n.name)
+        if layer is None:
+            return super().run_node(n)
+        args, kwargs = self.fetch_args_kwargs_from_env(n)
+        args = (fake_quantize(args[0], layer.input_qparams),
+                fake_quantize(args[1], layer.weight_qparams), *args[2:])
+        return fake_quantize(n.target(*args, **kwargs), layer.output_qparams)
+
+
+def _simulated_psnr(gm, plan, batches, references) -> float:
+    with torch.no_grad():
+        outs = [_first(_FakeQuant(gm, plan).run(*b)) for b in batches]
+    return psnr(torch.cat(outs), torch.cat(references))
+
+
+def _first(out):
+    return out if isinstance(out, torch.Tensor) else out[0]
+
+
+def quantize_int8(graph: GanGraph, target=None, config: QuantConfig = QuantConfig(),
+                  calib_data=None) -> QuantResult:
+    gm = copy_module(graph.module)
+    chosen, skipped = _candidates(gm)
+    batches, calibration = _batches(calib_data, graph.example_inputs, config.max_calib_batches)
+    watch = {}
+    for node in chosen:
+        for name in (node.args[0].name, node.name):
+            watch.setdefault(name, Observer(config.observer, config.percentile))
+    with torch.no_grad():
+        references = []
+        for batch in batches:
+            references.append(_first(_Recorder(gm, watch).run(*batch)))
+    plan: dict[str, LayerQuant] = {}
+    for node in chosen:
+        weight = attr(gm, node.args[1].target)
+        plan[node.name] = LayerQuant(
+            node=node.name, module=source_module(node), weight=node.args[1].target,
+            input=node.args[0].name,
+            weight_qparams=symmetric_qparams(weight, config.per_channel),
+            input_qparams=watch[node.args[0].name].qparams(config.activations),
+            output_qparams=watch[node.name].qparams(config.activations), sensitivity_psnr=math.nan)
+    if config.min_psnr is not None and plan:
+        plan = _fit_floor(gm, plan, batches, references, config.min_psnr, skipped)
+    for node in gm.graph.nodes:
+        node.meta.pop(QUANT_KEY, None)
+        if node.name in plan:
+            node.meta[QUANT_KEY] = plan[node.name]
+    simulated = _simulated_psnr(gm, plan, batches, references) if plan else math.inf
+    quantized = GanGraph(module=gm, exported=graph.exported, tracer=graph.tracer,
+                         model_class=graph.model_class, dynamic_batch=graph.dynamic_batch,
+                         example_inputs=graph.example_inputs,
+                         notes=[*graph.notes, f"int8 layers: {len(plan)}"])
+    report = QuantReport(
+        layers=tuple(_layer_entry(q) for q in plan.values()), float_layers=tuple(skipped),
+        simulated_psnr=simulated, calibration=calibration, macs_before=graph.macs,
+        macs_after=graph.macs, params_before=graph.params, params_after=graph.params)
+    return QuantResult(quantized, report, tuple(plan.values()))
+
+
+def _fit_floor(gm, plan, batches, references, min_psnr, skipped) -> dict[str, LayerQuant]:
+    sensitivity = {name: _simulated_psnr(gm, {name: q}, batches, references)
+                   for name, q in plan.items()}
+    plan = {name: LayerQuant(**{**q.__dict__, "sensitivity_psnr": sensitivity[name]})
+            for name, q in plan.items()}
+    order = sorted(plan, key=lambda name: sensitivity[name])  # most sensitive first
+    kept = dict(plan)
+    for name in order:
+        if _simulated_psnr(gm, kept, batches, references) >= min_psnr:
+            break
+        kept.pop(name)
+        skipped.append((f"{name} ({plan[name].module})",
+                        f"kept in float for min_psnr={min_psnr} dB (alone in int8: "
+                        f"{sensitivity[name]:.1f} dB)"))
+    return kept
+
+
+def _layer_entry(q: LayerQuant) -> dict:
+    return {"node": q.node, "module": q.module, "weight_scale": [float(s) for s in
+                                                                q.weight_qparams.scale[:4]],
+            "per_channel": q.weight_qparams.axis is not None,
+            "input_scale": float(q.input_qparams.scale[0]),
+            "input_zero_point": int(q.input_qparams.zero_point[0]),
+            "output_scale": float(q.output_qparams.scale[0]),
+            "output_zero_point": int(q.output_qparams.zero_point[0]),
+            "sensitivity_psnr": None if math.isnan(q.sensitivity_psnr) else q.sensitivity_psnr}

@@ -1,0 +1,112 @@
+"""int8: the affine equations, observers, per-channel vs per-tensor, QDQ in ONNX Runtime, and
+the min_psnr floor."""
+
+import math
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+import gcc_gan
+from gcc_gan import trace, zoo
+from gcc_gan.lower import lower_onnx
+from gcc_gan.metrics import psnr
+from gcc_gan.passes.quantize import QuantConfig, quantize_int8
+from gcc_gan.quant import (Observer, affine_qparams, fake_quantize, quant_plan,
+                           symmetric_qparams)
+
+
+def test_affine_round_trip_error_is_at_most_half_a_step():
+    x = torch.linspace(-1.3, 2.7, 1001)
+    qp = affine_qparams(-1.3, 2.7, "uint8")
+    assert qp.zero_point[0] == round(0 - (-1.3) / qp.scale[0])
+    err = (fake_quantize(x, qp) - x).abs().max().item()
+    assert err <= qp.scale[0] / 2 + 1e-7
+    assert fake_quantize(torch.zeros(1), qp).item() == 0.0  # zero is exact (padding, ReLU)
+
+
+def test_symmetric_weights_per_tensor_and_per_channel():
+    w = torch.randn(4, 3, 3, 3) * torch.tensor([0.01, 0.1, 1.0, 10.0]).view(4, 1, 1, 1)
+    per_tensor = symmetric_qparams(w, per_channel=False)
+    per_channel = symmetric_qparams(w, per_channel=True)
+    assert per_tensor.scale.shape == (1,) and per_channel.scale.shape == (4,)
+    assert per_channel.axis == 0 and (per_channel.zero_point == 0).all()
+    np.testing.assert_allclose(per_channel.scale, w.abs().amax(dim=(1, 2, 3)).numpy() / 127, rtol=1e-6)
+    small = w[0:1]  # the 0.01-scale filter loses almost everything to a per-tensor scale
+    err_tensor = (fake_quantize(w, per_tensor)[0:1] - small).abs().mean()
+    err_channel = (fake_quantize(w, per_channel)[0:1] - small).abs().mean()
+    assert err_channel < err_tensor / 10
+
+
+def test_observers_choose_different_ranges_on_heavy_tails():
+    torch.manual_seed(0)
+    x = torch.cat([torch.randn(100_000), torch.tensor([60.0, -60.0])])  # two outliers
+    ranges = {}
+    for method in ("minmax", "percentile", "mse"):
+        obs = Observer(method, percentile=99.9)
+        obs.update(x)
+        ranges[method] = obs.range()
+    assert ranges["minmax"] == (-60.0, 60.0)
+    assert ranges["percentile"][1] < 5  # clips the outliers
+    assert ranges["mse"][1] < 60 and ranges["mse"][1] > ranges["percentile"][1] * 0.5
+    with pytest.raises(ValueError, match="observer must be one of"):
+        Observer("kl")
+
+
+def _calib(name, n=3):
+    return [zoo.example_inputs(name, batch=2, seed=s) for s in range(n)]
+
+
+def test_plan_lists_decisions_and_skips_transposed_convs():
+    graph = trace(zoo.build("resnet"), zoo.example_inputs("resnet"))
+    result = quantize_int8(graph, calib_data=_calib("resnet"))
+    plan = quant_plan(result.graph.module)
+    assert len(plan) == len(result.report.layers) == 8  # the 8 ordinary convs of tiny ResNet
+    assert all("transposed conv" in why for _, why in result.report.float_layers)
+    assert not quant_plan(graph.module)  # the input graph is not annotated
+    assert result.report.calibration == "3 calibration batches"
+    assert 25 < result.report.simulated_psnr < math.inf
+
+
+def test_no_calib_data_warns_and_uses_the_example_inputs():
+    graph = trace(zoo.build("resnet"), zoo.example_inputs("resnet"))
+    with pytest.warns(UserWarning, match="no calib_data given"):
+        result = quantize_int8(graph)
+    assert result.report.calibration.startswith("the example inputs")
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_qdq_onnx_runs_in_ort_with_our_scales(per_channel):
+    graph = trace(zoo.build("resnet"), zoo.example_inputs("resnet"))
+    result = quantize_int8(graph, config=QuantConfig(per_channel=per_channel),
+                           calib_data=_calib("resnet"))
+    lowered = lower_onnx(result.graph, calib=_calib("resnet"))
+    assert lowered.int8_layers == 8
+    proto = onnx.load_model_from_string(lowered.data)
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
+    first = result.plan[0]
+    np.testing.assert_allclose(inits[f"{first.weight}_scale"].reshape(-1),
+                               first.weight_qparams.scale, rtol=1e-6)
+    x = zoo.example_inputs("resnet", batch=4, seed=9)
+    with torch.no_grad():
+        reference = graph(*x)
+    assert psnr(lowered.run(*x), reference) > 25
+
+
+def test_min_psnr_is_honoured_on_a_zoo_model():
+    model = zoo.build("unet")
+    calib = _calib("unet")
+    free = gcc_gan.compile(model, ratio=0.5, example_inputs=calib[0], calib_data=calib,
+                           round_to=1, measure=False)
+    floor = free.report.lowering["int8_psnr_vs_float"] + 6  # demand more than all-int8 gives
+    out = gcc_gan.compile(model, ratio=0.5, example_inputs=calib[0], calib_data=calib,
+                          min_psnr=floor, round_to=1, measure=False)
+    assert out.report.lowering["int8_psnr_vs_float"] is None or \
+        out.report.lowering["int8_psnr_vs_float"] >= floor
+    quant = next(p for p in out.report.passes if p.name == "quantize_int8")
+    kept_float = [why for _, why in quant.details["float_layers"] if "min_psnr" in why]
+    assert kept_float  # and it says which layers it kept in float
+    assert out.report.lowering["int8_layers"] < free.report.lowering["int8_layers"]
