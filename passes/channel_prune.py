@@ -22,7 +22,8 @@ from torch import fx, nn
 from gcc_gan.channels import Barrier, ChannelAnalysis, analyze_channels
 from gcc_gan.channels.importance import default_importance
 from gcc_gan.channels.table import RULES
-from gcc_gan.ir import GanGraph, ops, trace
+from gcc_gan.ir import GanGraph, ops
+from gcc_gan.ir import edit
 from gcc_gan.ir.trace import copy_module
 from gcc_gan.ir.meta import node_val
 from gcc_gan.ir.shapes import BatchOneShapes
@@ -119,12 +120,7 @@ def apply_pruning(graph: GanGraph, analysis: ChannelAnalysis, keep: np.ndarray) 
         rule = RULES.get(ops.packet(node.target)) if node.op == "call_function" else None
         if rule is not None and rule.fix_args is not None:
             rule.fix_args(fixer, node)
-    gm.graph.lint()
-    gm.recompile()
-    pruned = trace(gm, graph.example_inputs, dynamic_batch=graph.dynamic_batch)
-    pruned.model_class = graph.model_class
-    pruned.notes = [*graph.notes, f"pruned {int((~keep).sum())} of {keep.size} channel units"]
-    return pruned
+    return edit.retraced(graph, gm, f"pruned {int((~keep).sum())} of {keep.size} channel units")
 
 
 class _Fixer:

@@ -52,8 +52,9 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from gcc_gan.ir import GanGraph, ops, trace
-from gcc_gan.ir.meta import arg, source_module
+from gcc_gan.ir import GanGraph, ops
+from gcc_gan.ir import edit
+from gcc_gan.ir.meta import arg
 from gcc_gan.ir.shapes import BatchOneShapes
 from gcc_gan.ir.trace import copy_module
 
@@ -178,44 +179,30 @@ def deconv_to_subpixel(graph: GanGraph, target=None,
     shapes = BatchOneShapes(gm)
     rewritten, skipped, old_attrs, made = [], [], [], {}
     for node in list(gm.graph.nodes):
-        if node.op != "call_function" or not _is_transposed(node):
+        if node.op != "call_function" or not edit.is_transposed(node):
             continue
-        label = _label(node)
+        name = edit.label(node)
         try:
             deconv = _check(gm, node, shapes, config)
         except _Skip as why:
-            skipped.append((label, str(why)))
+            skipped.append((name, str(why)))
             continue
         _rewrite(gm, node, deconv, made)
         old_attrs += [a for a in (deconv.weight, deconv.bias) if a is not None]
-        rewritten.append(label)
+        rewritten.append(name)
 
     report = SubpixelReport(skipped=tuple(skipped), macs_before=graph.macs, macs_after=graph.macs,
                             lit_macs_before=graph.lit_macs, lit_macs_after=graph.lit_macs,
                             params_before=graph.params, params_after=graph.params)
     if not rewritten:
         return SubpixelResult(graph, report)
-    _drop_dead_attrs(gm, old_attrs)
-    gm.graph.lint()
-    gm.recompile()
-    new = trace(gm, graph.example_inputs, dynamic_batch=graph.dynamic_batch)
-    new.model_class = graph.model_class
-    new.notes = [*graph.notes, f"rewrote {len(rewritten)} transposed convs as conv + pixel_shuffle"]
+    edit.drop_dead_attrs(gm, old_attrs)
+    new = edit.retraced(graph, gm, f"rewrote {len(rewritten)} transposed convs as conv + pixel_shuffle")
     report = SubpixelReport(rewritten=tuple(rewritten), skipped=tuple(skipped),
                             macs_before=graph.macs, macs_after=new.macs,
                             lit_macs_before=graph.lit_macs, lit_macs_after=new.lit_macs,
                             params_before=graph.params, params_after=new.params)
     return SubpixelResult(new, report)
-
-
-def _label(node: fx.Node) -> str:
-    module = source_module(node)
-    return f"{node.name} ({module})" if module else node.name
-
-
-def _is_transposed(node: fx.Node) -> bool:
-    p = ops.packet(node.target)
-    return p in ops.ConvTranspose or (p in _CONVOLUTION and arg(node, 6, "transposed") is True)
 
 
 def _conv_args(node: fx.Node) -> dict:
@@ -242,14 +229,14 @@ def _check(gm: fx.GraphModule, node: fx.Node, shapes: BatchOneShapes,
            config: SubpixelConfig) -> _Deconv:
     """The rewrite of `node`, or _Skip with the reason it stays."""
     x, weight, bias = node.args[0], arg(node, 1, "weight"), arg(node, 2, "bias")
-    w = _stored(gm, weight)
+    w = edit.stored(gm, weight)
     if w is None:
         raise _Skip(f"weight is computed ({_producer(weight)}), not a stored tensor: a "
                     "per-sample (modulated) weight cannot be rearranged once")
     if w.dim() != 4:
         raise _Skip(f"{w.dim() - 2}-D transposed conv: pixel_shuffle is 2-D, so only 2-D ones "
                     "are rewritten")
-    if bias is not None and _stored(gm, bias) is None:
+    if bias is not None and edit.stored(gm, bias) is None:
         raise _Skip(f"bias is computed ({_producer(bias)}), not a stored tensor")
     a = _conv_args(node)
     if not isinstance(a["groups"], int):
@@ -314,27 +301,13 @@ def _rewrite(gm: fx.GraphModule, node: fx.Node, d: _Deconv, made: dict) -> None:
     g.erase_node(node)
 
 
-def _owner(gm: fx.GraphModule, target: str) -> tuple[nn.Module, str]:
-    path, _, name = target.rpartition(".")
-    return (gm.get_submodule(path) if path else gm), name
-
-
-def _stored(gm: fx.GraphModule, a) -> torch.Tensor | None:
-    """The tensor a get_attr node reads, or None for anything computed."""
-    if not (isinstance(a, fx.Node) and a.op == "get_attr"):
-        return None
-    owner, name = _owner(gm, a.target)
-    t = getattr(owner, name, None)
-    return t if isinstance(t, torch.Tensor) else None
-
-
 def _new_attr(gm: fx.GraphModule, old_target: str, stem: str, made: dict, key: tuple,
               make) -> str:
     """Store make(old) beside `old_target` as `<owner>.<stem>` (a parameter, buffer or constant
     like the old one) and return its target; a tensor shared by several deconvs is made once."""
     if (old_target, stem, key) in made:
         return made[old_target, stem, key]
-    owner, old_name = _owner(gm, old_target)
+    owner, old_name = edit.owner(gm, old_target)
     old = getattr(owner, old_name)
     name, i = stem, 0
     while hasattr(owner, name):
@@ -352,15 +325,3 @@ def _new_attr(gm: fx.GraphModule, old_target: str, stem: str, made: dict, key: t
     prefix = old_target.rpartition(".")[0]
     made[old_target, stem, key] = f"{prefix}.{name}" if prefix else name
     return made[old_target, stem, key]
-
-
-def _drop_dead_attrs(gm: fx.GraphModule, attrs: list[fx.Node]) -> None:
-    """Remove the transposed convs' weights and biases that nothing reads any more."""
-    for target in dict.fromkeys(a.target for a in attrs):
-        nodes = gm.graph.find_nodes(op="get_attr", target=target)
-        if any(n.users for n in nodes):
-            continue
-        for n in nodes:
-            gm.graph.erase_node(n)
-        owner, name = _owner(gm, target)
-        delattr(owner, name)

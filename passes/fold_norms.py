@@ -32,8 +32,9 @@ from dataclasses import dataclass
 import torch
 from torch import fx, nn
 
-from gcc_gan.ir import GanGraph, ops, trace
-from gcc_gan.ir.meta import arg, node_val, source_module
+from gcc_gan.ir import GanGraph, ops
+from gcc_gan.ir import edit
+from gcc_gan.ir.meta import arg, node_val
 from gcc_gan.ir.trace import copy_module
 
 aten = torch.ops.aten
@@ -106,40 +107,31 @@ def fold_norms(graph: GanGraph, target=None, config: FoldConfig = FoldConfig()) 
         p = ops.packet(node.target)
         if p in _INPUT_STATS:
             if config.report_unfoldable:
-                skipped.append((_label(node), f"{_INPUT_STATS[p]}: statistics depend on the input"))
+                skipped.append((edit.label(node), f"{_INPUT_STATS[p]}: statistics depend on the input"))
             continue
         sig = _FOLDABLE.get(p)
         if sig is None:
             continue
-        label = _label(node)
+        name = edit.label(node)
         try:
             conv = _check(gm, node, sig)
         except _Skip as why:
             if config.report_unfoldable or not why.unfoldable:
-                skipped.append((label, str(why)))
+                skipped.append((name, str(why)))
             continue
         attrs += _fold(gm, conv, node, sig)
-        folded.append(label)
+        folded.append(name)
 
     before = FoldReport(skipped=tuple(skipped), macs_before=graph.macs, macs_after=graph.macs,
                         params_before=graph.params, params_after=graph.params)
     if not folded:
         return FoldResult(graph, before)
-    _drop_dead_attrs(gm, attrs)
-    gm.graph.lint()
-    gm.recompile()
-    new = trace(gm, graph.example_inputs, dynamic_batch=graph.dynamic_batch)
-    new.model_class = graph.model_class
-    new.notes = [*graph.notes, f"folded {len(folded)} norms into the convolutions before them"]
+    edit.drop_dead_attrs(gm, attrs)
+    new = edit.retraced(graph, gm, f"folded {len(folded)} norms into the convolutions before them")
     report = FoldReport(folded=tuple(folded), skipped=tuple(skipped),
                         macs_before=graph.macs, macs_after=new.macs,
                         params_before=graph.params, params_after=new.params)
     return FoldResult(new, report)
-
-
-def _label(node: fx.Node) -> str:
-    module = source_module(node)
-    return f"{node.name} ({module})" if module else node.name
 
 
 def _check(gm: fx.GraphModule, bn: fx.Node, sig: _NormSig) -> fx.Node:
@@ -154,7 +146,7 @@ def _check(gm: fx.GraphModule, bn: fx.Node, sig: _NormSig) -> fx.Node:
         raise _Skip("no running statistics")
     for i, name in enumerate(("weight", "bias", "running_mean", "running_var"), start=1):
         a = arg(bn, i, name)
-        if a is not None and _stored(gm, a) is None:
+        if a is not None and edit.stored(gm, a) is None:
             raise _Skip(f"{name} is computed, not a stored tensor")
     if sig.tuple_out and any(u.target is not operator.getitem or u.args[1] != 0
                              for u in bn.users):
@@ -168,14 +160,14 @@ def _check(gm: fx.GraphModule, bn: fx.Node, sig: _NormSig) -> fx.Node:
     if others:
         raise _Skip(f"input has another user: {x.name} also feeds {', '.join(others)}")
     weight, bias = arg(x, 1, "weight"), arg(x, 2, "bias")
-    if _stored(gm, weight) is None:
+    if edit.stored(gm, weight) is None:
         raise _Skip(f"follows a computed weight ({x.name}'s weight is not a stored tensor)")
-    if bias is not None and _stored(gm, bias) is None:
+    if bias is not None and edit.stored(gm, bias) is None:
         raise _Skip(f"{x.name}'s bias is computed, not a stored tensor")
     for a in (weight, bias):
         if a is not None and _shared(gm, a):
             raise _Skip(f"{x.name}'s {a.target} is shared with another op")
-    w, channels = _stored(gm, weight), _stored(gm, arg(bn, 3, "running_mean")).numel()
+    w, channels = edit.stored(gm, weight), edit.stored(gm, arg(bn, 3, "running_mean")).numel()
     out = node_val(x)
     if not isinstance(out, torch.Tensor) or out.dim() != w.dim() or out.shape[1] != channels:
         raise _Skip(f"{x.name}'s output is unbatched or has other than {channels} channels")
@@ -190,20 +182,20 @@ def _fold(gm: fx.GraphModule, conv: fx.Node, bn: fx.Node, sig: _NormSig) -> list
     """Rewrite `conv`'s weight and bias to absorb `bn`, route `bn`'s users to `conv`, erase `bn`.
     Returns the get_attr nodes `bn` read."""
     weight_node, bias_node = arg(conv, 1, "weight"), arg(conv, 2, "bias")
-    w = _stored(gm, weight_node)
+    w = edit.stored(gm, weight_node)
     bn_attrs = [arg(bn, i, name) for i, name in
                 enumerate(("weight", "bias", "running_mean", "running_var"), start=1)]
-    gamma, beta, mean, var = (_stored(gm, a).detach().double() if a is not None else None
+    gamma, beta, mean, var = (edit.stored(gm, a).detach().double() if a is not None else None
                               for a in bn_attrs)
     s = torch.rsqrt(var + float(arg(bn, sig.eps, "eps")))
     if gamma is not None:
         s = s * gamma
-    b = _stored(gm, bias_node).detach().double() if bias_node is not None else torch.zeros_like(mean)
+    b = edit.stored(gm, bias_node).detach().double() if bias_node is not None else torch.zeros_like(mean)
     new_b = (b - mean) * s + (beta if beta is not None else 0.0)
     _set_attr(gm, weight_node.target,
-              _scale_out_channels(w.detach().double(), s, _is_transposed(conv)).to(w.dtype))
+              _scale_out_channels(w.detach().double(), s, edit.is_transposed(conv)).to(w.dtype))
     if bias_node is not None:
-        _set_attr(gm, bias_node.target, new_b.to(_stored(gm, bias_node).dtype))
+        _set_attr(gm, bias_node.target, new_b.to(edit.stored(gm, bias_node).dtype))
     else:
         owner, name = _new_bias(gm, weight_node.target)
         new_b = new_b.to(w.dtype)
@@ -239,39 +231,18 @@ def _scale_out_channels(w: torch.Tensor, s: torch.Tensor, transposed: bool) -> t
     return (grouped * s.view(groups, 1, c_out_g, *k)).reshape(w.shape)
 
 
-def _is_transposed(conv: fx.Node) -> bool:
-    p = ops.packet(conv.target)
-    if p in ops.ConvTranspose:
-        return True
-    return p in ops.op_set("convolution", "_convolution") and bool(arg(conv, 6, "transposed"))
-
-
-def _owner(gm: fx.GraphModule, target: str) -> tuple[nn.Module, str]:
-    path, _, name = target.rpartition(".")
-    return (gm.get_submodule(path) if path else gm), name
-
-
-def _stored(gm: fx.GraphModule, a) -> torch.Tensor | None:
-    """The tensor a get_attr node reads, or None for anything computed."""
-    if not (isinstance(a, fx.Node) and a.op == "get_attr"):
-        return None
-    owner, name = _owner(gm, a.target)
-    t = getattr(owner, name, None)
-    return t if isinstance(t, torch.Tensor) else None
-
-
 def _shared(gm: fx.GraphModule, a: fx.Node) -> bool:
     """True when the tensor behind get_attr `a` is read by anything but its one conv."""
     if len(a.users) != 1:
         return True
-    t = _stored(gm, a)
-    return any(n is not a and n.users and _stored(gm, n) is t
+    t = edit.stored(gm, a)
+    return any(n is not a and n.users and edit.stored(gm, n) is t
                for n in gm.graph.find_nodes(op="get_attr"))
 
 
 def _set_attr(gm: fx.GraphModule, target: str, value: torch.Tensor) -> None:
     """Store `value` at `target`, as a parameter, buffer or plain tensor like the old one."""
-    owner, name = _owner(gm, target)
+    owner, name = edit.owner(gm, target)
     old = getattr(owner, name)
     if isinstance(old, nn.Parameter):
         setattr(owner, name, nn.Parameter(value, requires_grad=old.requires_grad))
@@ -283,7 +254,7 @@ def _set_attr(gm: fx.GraphModule, target: str, value: torch.Tensor) -> None:
 
 def _new_bias(gm: fx.GraphModule, weight_target: str) -> tuple[nn.Module, str]:
     """The owner of the conv's weight and a free name there: 'bias' when the conv has none."""
-    owner, _ = _owner(gm, weight_target)
+    owner, _ = edit.owner(gm, weight_target)
     name, i = "bias", 0
     while hasattr(owner, name) and not (name in owner._parameters and owner._parameters[name]
                                         is None):
@@ -292,25 +263,3 @@ def _new_bias(gm: fx.GraphModule, weight_target: str) -> tuple[nn.Module, str]:
     if name in owner._parameters:
         del owner._parameters[name]
     return owner, name
-
-
-def _drop_dead_attrs(gm: fx.GraphModule, attrs: list[fx.Node]) -> None:
-    """Remove the folded norms' tensors (and a BatchNorm's step counter) that nothing reads."""
-    live = {n.target for n in gm.graph.find_nodes(op="get_attr") if n.users}
-    emptied = set()
-    for target in dict.fromkeys(a.target for a in attrs):
-        if target in live:
-            continue
-        owner, name = _owner(gm, target)
-        for n in gm.graph.find_nodes(op="get_attr", target=target):
-            gm.graph.erase_node(n)
-        delattr(owner, name)
-        if name == "running_mean":
-            emptied.add(target.rpartition(".")[0])
-    for path in emptied:  # never read by an eval-mode program; it goes with its statistics
-        target = f"{path}.num_batches_tracked" if path else "num_batches_tracked"
-        owner, name = _owner(gm, target)
-        if target not in live and name in owner._buffers:
-            for n in gm.graph.find_nodes(op="get_attr", target=target):
-                gm.graph.erase_node(n)
-            delattr(owner, name)

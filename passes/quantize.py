@@ -26,6 +26,7 @@ import torch
 from torch import fx
 
 from gcc_gan.ir import GanGraph, ops
+from gcc_gan.ir import edit
 from gcc_gan.ir.meta import arg, attr, source_module
 from gcc_gan.ir.trace import copy_module
 from gcc_gan.metrics import psnr
@@ -68,10 +69,6 @@ class QuantResult:
     plan: tuple[LayerQuant, ...] = field(repr=False, default=())
 
 
-def _label(node: fx.Node) -> str:
-    return f"{node.name} ({source_module(node)})"
-
-
 def _candidates(gm: fx.GraphModule) -> tuple[list[fx.Node], list[tuple[str, str]]]:
     chosen, skipped = [], []
     for node in gm.graph.nodes:
@@ -80,14 +77,14 @@ def _candidates(gm: fx.GraphModule) -> tuple[list[fx.Node], list[tuple[str, str]
         p = ops.packet(node.target)
         if p in ops.ConvTranspose or (p in (torch.ops.aten.convolution, torch.ops.aten._convolution)
                                       and arg(node, 6, "transposed", False)):
-            skipped.append((_label(node), "transposed conv: no int8 kernel in ONNX Runtime on "
+            skipped.append((edit.label(node), "transposed conv: no int8 kernel in ONNX Runtime on "
                                           "CPU (deconv_to_subpixel rewrites it as a conv)"))
         elif p in ops.Conv:
             weight = node.args[1]
             if isinstance(weight, fx.Node) and weight.op == "get_attr":
                 chosen.append(node)
             else:
-                skipped.append((_label(node), "its weight is computed (e.g. modulated), "
+                skipped.append((edit.label(node), "its weight is computed (e.g. modulated), "
                                               "not a stored tensor"))
     return chosen, skipped
 

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ..ir import ops
+from ..ir.edit import is_transposed
 from ..ir.meta import arg
 from .table import arg_fixer, channel_rule
 
@@ -119,14 +120,6 @@ def layer_norm(ctx, node):
     return (out, *ctx.blank_outputs(node)[1:])
 
 
-def _is_transposed(node) -> bool:
-    if ops.packet(node.target) in ops.ConvTranspose:
-        return True
-    if ops.packet(node.target) in (aten.convolution, aten._convolution):
-        return bool(arg(node, 6, "transposed", False))
-    return False
-
-
 def _groups_arg(node) -> tuple[int, str]:
     """(position, name) of the groups argument of a conv call."""
     p = ops.packet(node.target)
@@ -145,7 +138,7 @@ def conv(ctx, node):
     x, w = ctx.labels(node.args[0]), ctx.labels(node.args[1])
     bias = ctx.labels(arg(node, 2, "bias"))
     groups = _groups(ctx, node)
-    transposed = _is_transposed(node)
+    transposed = is_transposed(node)
     for consumed in (x[0], *x[2:], *w[2:]):  # batch, spatial and kernel positions
         ctx.freeze(consumed, "convolved over")
     w_in, w_out = (w[0], w[1]) if transposed else (w[1], w[0])

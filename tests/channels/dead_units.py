@@ -13,6 +13,7 @@ import torch
 
 from gcc_gan import trace
 from gcc_gan.channels import analyze_channels
+from gcc_gan.ir.meta import attr
 from gcc_gan.passes.channel_prune import apply_pruning
 
 
@@ -28,9 +29,7 @@ def drop_some_units(analysis, rng: np.random.Generator, fraction: float = 0.3) -
 def kill_units(graph, analysis, keep: np.ndarray) -> None:
     gm = graph.module
     for target, labels in analysis.attr_labels.items():
-        t = gm
-        for part in target.split("."):
-            t = getattr(t, part)
+        t = attr(gm, target)
         if not t.is_floating_point():
             continue
         with torch.no_grad():

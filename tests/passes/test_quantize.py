@@ -2,13 +2,11 @@
 the min_psnr floor."""
 
 import math
-import warnings
 
 import numpy as np
 import onnx
 import pytest
 import torch
-from torch import nn
 
 import gcc_gan
 from gcc_gan import trace, zoo

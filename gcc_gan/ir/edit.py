@@ -1,0 +1,78 @@
+"""Helpers for passes that rewrite a GanGraph's program: read and replace the tensors behind
+get_attr nodes, recognise transposed convs, and turn an edited copy into a new GanGraph.
+
+Passes edit a copy (`trace.copy_module`) and finish with `retraced`, which exports the edited
+program again: every shape is re-derived, and an inconsistent edit fails there, loudly.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import fx, nn
+
+from . import ops
+from .graph import GanGraph
+from .meta import arg, source_module
+from .trace import trace
+
+
+def label(node: fx.Node) -> str:
+    """'name (source.module)', how reports name a node."""
+    module = source_module(node)
+    return f"{node.name} ({module})" if module else node.name
+
+
+def is_transposed(node: fx.Node) -> bool:
+    """A transposed conv, as conv_transpose*d or as convolution(..., transposed=True)."""
+    p = ops.packet(node.target)
+    if p in ops.ConvTranspose:
+        return True
+    return p in ops.op_set("convolution", "_convolution") and bool(arg(node, 6, "transposed"))
+
+
+def owner(gm: fx.GraphModule, target: str) -> tuple[nn.Module, str]:
+    """The module holding a get_attr target, and the attribute's name there."""
+    path, _, name = target.rpartition(".")
+    return (gm.get_submodule(path) if path else gm), name
+
+
+def stored(gm: fx.GraphModule, a) -> torch.Tensor | None:
+    """The tensor a get_attr node reads, or None for anything computed."""
+    if not (isinstance(a, fx.Node) and a.op == "get_attr"):
+        return None
+    module, name = owner(gm, a.target)
+    t = getattr(module, name, None)
+    return t if isinstance(t, torch.Tensor) else None
+
+
+def drop_dead_attrs(gm: fx.GraphModule, attrs: list[fx.Node]) -> None:
+    """Remove the tensors of `attrs` that nothing reads any more (and the step counter of a
+    BatchNorm whose statistics went: an eval-mode program never reads it)."""
+    live = {n.target for n in gm.graph.find_nodes(op="get_attr") if n.users}
+    emptied = set()
+    for target in dict.fromkeys(a.target for a in attrs):
+        if target in live:
+            continue
+        module, name = owner(gm, target)
+        for n in gm.graph.find_nodes(op="get_attr", target=target):
+            gm.graph.erase_node(n)
+        delattr(module, name)
+        if name == "running_mean":
+            emptied.add(target.rpartition(".")[0])
+    for path in emptied:
+        target = f"{path}.num_batches_tracked" if path else "num_batches_tracked"
+        module, name = owner(gm, target)
+        if target not in live and name in module._buffers:
+            for n in gm.graph.find_nodes(op="get_attr", target=target):
+                gm.graph.erase_node(n)
+            delattr(module, name)
+
+
+def retraced(graph: GanGraph, gm: fx.GraphModule, note: str) -> GanGraph:
+    """The edited copy `gm` of `graph`'s program as a new GanGraph (exported again)."""
+    gm.graph.lint()
+    gm.recompile()
+    new = trace(gm, graph.example_inputs, dynamic_batch=graph.dynamic_batch)
+    new.model_class = graph.model_class
+    new.notes = [*graph.notes, note]
+    return new
