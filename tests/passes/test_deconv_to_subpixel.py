@@ -19,6 +19,7 @@ from gcc_gan.lower import lower_onnx
 from gcc_gan.passes.deconv_to_subpixel import (SubpixelConfig, SubpixelReport, deconv_to_subpixel,
                                                plan_subpixel, subpixel_conv_transpose2d,
                                                subpixel_weight)
+from tests.passes.graph_checks import assert_same_output, assert_unchanged, snapshot
 
 aten = torch.ops.aten
 DECONV = ops.ConvTranspose | ops.op_set("convolution")
@@ -28,25 +29,6 @@ def deconv_nodes(graph):
     return [n for n in graph.graph.nodes if n.op == "call_function"
             and ops.packet(n.target) in DECONV
             and (ops.packet(n.target) in ops.ConvTranspose or n.args[6] is True)]
-
-
-def assert_same_output(out, ref):
-    """Max abs difference within 1e-5 of the output's scale."""
-    scale = ref.abs().max().clamp_min(1.0)
-    torch.testing.assert_close(out / scale, ref / scale, atol=1e-5, rtol=1e-5)
-
-
-def snapshot(graph):
-    return str(graph.graph), {k: v.clone() for k, v in graph.module.state_dict().items()}
-
-
-def assert_unchanged(graph, snap):
-    code, state = snap
-    assert str(graph.graph) == code
-    now = graph.module.state_dict()
-    assert now.keys() == state.keys()
-    for k in state:
-        assert torch.equal(now[k], state[k]), k
 
 
 def check_parity(model, graph, result, make_inputs, batches=(1, 3)):

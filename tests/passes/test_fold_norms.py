@@ -13,6 +13,7 @@ from torch import nn
 from gcc_gan import trace, zoo
 from gcc_gan.ir import ops
 from gcc_gan.passes.fold_norms import FoldConfig, FoldReport, fold_norms
+from tests.passes.graph_checks import assert_same_output, assert_unchanged, snapshot
 
 aten = torch.ops.aten
 BN_OPS = ops.op_set("batch_norm", "_native_batch_norm_legit_no_training", "native_batch_norm")
@@ -36,25 +37,6 @@ def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
 def norm_nodes(graph, packets=BN_OPS):
     return [n for n in graph.graph.nodes
             if n.op == "call_function" and ops.packet(n.target) in packets]
-
-
-def assert_same_output(out, ref):
-    """Max abs difference within 1e-5 of the output's scale."""
-    scale = ref.abs().max().clamp_min(1.0)
-    torch.testing.assert_close(out / scale, ref / scale, atol=1e-5, rtol=1e-5)
-
-
-def snapshot(graph):
-    return str(graph.graph), {k: v.clone() for k, v in graph.module.state_dict().items()}
-
-
-def assert_unchanged(graph, snap):
-    code, state = snap
-    assert str(graph.graph) == code
-    now = graph.module.state_dict()
-    assert now.keys() == state.keys()
-    for k in state:
-        assert torch.equal(now[k], state[k]), k
 
 
 def check_parity(model, graph, result, make_inputs):
