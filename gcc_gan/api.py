@@ -143,7 +143,11 @@ def compile(model: nn.Module, target: str = "x86", *, budget_macs: float | None 
                 latency_before = time_torch(copy_module(model).eval(), inputs)
                 latency_after = time_call(lambda: lowered.run(*inputs), backend="onnxruntime",
                                           threads=torch.get_num_threads())
-    barriers = analyze_channels(original).barriers
+    # the prune pass already analysed the channels; analyse only when it did not run
+    barriers = next((p.details["barriers"] for p in entries if p.name == "prune_channels"),
+                    None)
+    if barriers is None:
+        barriers = jsonable(analyze_channels(original).barriers)
     report = CompileReport(
         model=type(model).__qualname__, target=profile.name,
         budget_macs=int(budget_macs) if budget_macs is not None else None,
@@ -152,7 +156,7 @@ def compile(model: nn.Module, target: str = "x86", *, budget_macs: float | None 
         weight_bytes_before=original.weight_bytes, weight_bytes_after=graph.weight_bytes,
         latency_before=jsonable(latency_before), latency_after=jsonable(latency_after),
         fidelity=jsonable(fid), fidelity_inputs=fid_inputs, passes=tuple(entries),
-        barriers=tuple(jsonable(b) for b in barriers), layers=_layer_changes(original, graph),
+        barriers=tuple(barriers), layers=_layer_changes(original, graph),
         lowering={"format": "onnx", "opset": lowered.opset, "dynamic_batch": lowered.dynamic_batch,
                   "int8_layers": lowered.int8_layers, "int8_psnr_vs_float": int8_psnr,
                   "graph_dynamic_batch": graph.dynamic_batch,

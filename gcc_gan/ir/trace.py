@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import logging
 import sys
 import traceback
 import warnings
@@ -32,6 +31,7 @@ from torch.export import Dim
 from torch.nn.utils import parametrize
 from torch.utils import _pytree as pytree
 
+from ..quiet import quiet_loggers
 from .graph import GanGraph
 from .meta import is_user_file
 
@@ -102,18 +102,9 @@ def _attempt(fn: Callable[[], torch.export.ExportedProgram]) -> torch.export.Exp
     """Run one export attempt, keeping torch's own failure chatter (warnings, partial-graph dumps
     that export prints to stderr) out of the user's terminal unless the attempt succeeds: a
     failure that matters is reported in the TraceError, one a later attempt recovers is noted."""
-    loggers = [logging.getLogger(n) for n in list(logging.root.manager.loggerDict)
-               if n.startswith("torch")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
     captured = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(captured):
-            ep = fn()
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
+    with quiet_loggers("torch"), contextlib.redirect_stderr(captured):
+        ep = fn()
     sys.stderr.write(captured.getvalue())
     return ep
 

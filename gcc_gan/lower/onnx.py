@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
-import logging
 import warnings
 from dataclasses import dataclass, field
 
@@ -31,6 +30,7 @@ from torch.utils import _pytree as pytree
 
 from ..ir import GanGraph, trace
 from ..quant import quant_plan
+from ..quiet import quiet_loggers
 from ..runtime import ort_session
 from .qdq import to_qdq
 
@@ -84,19 +84,10 @@ class OnnxModel:
 def _quiet_exporter():
     """The exporter prints progress and logs about optional packages (torchvision); we report
     what matters ourselves."""
-    loggers = [logging.getLogger(n) for n in list(logging.root.manager.loggerDict)
-               if n.startswith(("torch.onnx", "onnxscript"))]
-    loggers.append(logging.getLogger("torch.onnx"))
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
+    with quiet_loggers("torch.onnx", "onnxscript"), warnings.catch_warnings(), \
+            contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield
 
 
 def _root_cause(exc: BaseException) -> str:

@@ -10,7 +10,6 @@ keep float.
 
 from __future__ import annotations
 
-import logging
 import tempfile
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantT
                                       quantize_static)
 
 from ..quant import QParams
+from ..quiet import quiet_loggers
 
 _TYPES = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
 
@@ -61,10 +61,7 @@ def to_qdq(model_bytes: bytes, plan, feeds: list[dict[str, np.ndarray]]) -> tupl
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "qdq.onnx"
         src.write_bytes(model_bytes)
-        root = logging.getLogger()
-        level = root.level
-        root.setLevel(logging.ERROR)  # its advice to pre-process applies to other exporters
-        try:
+        with quiet_loggers(""):  # its advice to pre-process applies to other exporters
             quantize_static(str(src), str(dst), _Feeds(feeds), quant_format=QuantFormat.QDQ,
                             op_types_to_quantize=["Conv"],
                             nodes_to_quantize=[conv_of[q.node].name for q in present],
@@ -72,6 +69,4 @@ def to_qdq(model_bytes: bytes, plan, feeds: list[dict[str, np.ndarray]]) -> tupl
                             weight_type=QuantType.QInt8,
                             extra_options={"TensorQuantOverrides": overrides,
                                            "WeightSymmetric": True})
-        finally:
-            root.setLevel(level)
         return dst.read_bytes(), missing
