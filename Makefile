@@ -5,14 +5,15 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
+EXTRAS ?= dev,tvm
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all bench install clean
+.PHONY: demo test test-all bench teachers install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet $(TORCH)
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -32,6 +33,13 @@ bench: $(STAMP)
 	$(PY) benchmarks/prune_search.py
 	$(PY) benchmarks/compile_e2e.py
 	$(PY) benchmarks/quant.py
+	$(PY) benchmarks/size.py
+	$(PY) benchmarks/cost_model.py
+	$(PY) benchmarks/latency_budget.py
+	$(PY) benchmarks/quality.py
+
+teachers: $(STAMP)
+	$(PY) benchmarks/teachers.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,45 +1,50 @@
 """`compile`: trace -> passes (chosen by the target) -> lower -> measure, in one call.
 
     out = gcc_gan.compile(gen, target="x86", budget_macs=3e9, example_inputs=(x,))
+    out = gcc_gan.compile(gen, target="x86", budget_latency_ms=20, example_inputs=(x,))
     out.module          # the compressed torch program: runs, trains, saves
     out.run(x)          # the lowered artifact (ONNX Runtime)
     out.save("build/")  # model.onnx, model.pt2, example_inputs.pt, report.json, report.md
+                        # (+ model_<target>.so when the target lowers to TVM, weights.gccz:
+                        # Huffman-coded sparse/k-means/binarized weights when a pass made some)
     gcc_gan.load("build/")
 
 The user's model is never modified: tracing works on a copy, and the "before" figures
-(outputs, latency) come from the traced original and an eval-mode copy.
+(outputs, latency) come from the traced original and an eval-mode copy. The target decides
+the pipeline, the channel alignment, the cost model and whether latency is measured (an
+attached backend) or predicted (the cost model; the report says which).
 """
 
 from __future__ import annotations
 
-import sys
 import time
-from collections.abc import Iterable
-from contextlib import contextmanager
+import warnings
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import onnx
 import torch
-from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from torch import nn
 
 from . import targets as target_profiles
+from .backends import Backend, OnnxRuntimeBackend, get_backend
 from .channels import analyze_channels
 from .ir import GanGraph, trace
 from .ir.trace import copy_module
-from .lower import OnnxModel, lower_onnx
-from .measure import environment, time_call, time_torch
-from .metrics import fidelity, psnr
-from .passes.channel_prune import PruneConfig, prune_channels
-from .passes.deconv_to_subpixel import deconv_to_subpixel
-from .passes.fold_norms import fold_norms
-from .passes.quantize import QuantConfig, quantize_int8
-from .report import CompileReport, LayerChange, PassEntry, jsonable
+from .latency import Candidate, LatencySearch, search_latency
+from .lower import OnnxModel, TvmUnavailable, lower_onnx, lower_tvm
+from .measure import Latency, environment, time_torch
+from .passes.quantize import QuantConfig
+from .pipeline import (PASSES, as_batches, fidelity_vs, layer_changes, meet_floor, prune_config,
+                       run_pass, run_passes)
+from .encode import save_compressed, weight_annotations
+from .progress import steps
+from .report import CompileReport, jsonable
+from .size import size_table
+from .targets.estimate import estimate
 
-PASSES = {"fold_norms": fold_norms, "deconv_to_subpixel": deconv_to_subpixel,
-          "prune_channels": prune_channels, "quantize_int8": quantize_int8}
 FIDELITY_BATCHES = 8  # calibration batches compared against the original for the report
 
 
@@ -48,6 +53,7 @@ class CompiledGenerator:
     graph: GanGraph        # the compressed program
     onnx: OnnxModel        # its lowered artifact
     report: CompileReport
+    tvm: Any = None        # gcc_gan.lower.tvm.TvmModel when the target lowers to TVM
 
     @property
     def module(self) -> torch.fx.GraphModule:
@@ -63,6 +69,10 @@ class CompiledGenerator:
         (out / "model.onnx").write_bytes(self.onnx.data)
         torch.export.save(self.graph.exported, out / "model.pt2")
         torch.save(self.graph.example_inputs, out / "example_inputs.pt")
+        if self.tvm is not None:
+            self.tvm.export_library(out / f"model_{self.report.target}.so")
+        if any(weight_annotations(self.graph.module)):   # sparse / shared / binarized weights
+            save_compressed(self.graph, out / "weights.gccz")
         (out / "report.json").write_text(self.report.to_json())
         (out / "report.md").write_text(self.report.to_markdown())
         return out
@@ -72,7 +82,7 @@ class CompiledGenerator:
 
 
 def load(directory: str | Path) -> CompiledGenerator:
-    """A CompiledGenerator saved by `CompiledGenerator.save`."""
+    """A CompiledGenerator saved by `CompiledGenerator.save` (the TVM library stays a file)."""
     src = Path(directory)
     missing = [f for f in ("model.onnx", "model.pt2", "example_inputs.pt", "report.json")
                if not (src / f).exists()]
@@ -95,56 +105,103 @@ def load(directory: str | Path) -> CompiledGenerator:
     return CompiledGenerator(graph, lowered, report)
 
 
-def compile(model: nn.Module, target: str = "x86", *, budget_macs: float | None = None,
-            ratio: float | None = None, budget_latency_ms: float | None = None,
-            example_inputs=None, calib_data: Iterable | None = None,
-            passes: list[str] | None = None, output_dir: str | Path | None = None,
+@dataclass(frozen=True)
+class _Built:
+    """One candidate through the rest of the pipeline: its graph, entries, lowered model."""
+    graph: GanGraph
+    entries: list
+    lowered: OnnxModel
+    float_graph: GanGraph | None
+    int8_psnr: float | None
+
+
+def compile(model: nn.Module, target: str | target_profiles.Target = "x86", *,
+            budget_macs: float | None = None, ratio: float | None = None,
+            budget_latency_ms: float | None = None, example_inputs=None,
+            calib_data: Iterable | None = None, passes: list[str] | None = None,
+            configs: Mapping[str, Any] | None = None, output_dir: str | Path | None = None,
             min_channels: int = 1, round_to: int | None = None, min_psnr: float | None = None,
-            measure: bool = True) -> CompiledGenerator:
-    """Compress `model` for `target` to a MACs budget (`budget_macs`, or `ratio` of its MACs).
+            measure: bool = True, backend: Backend | None = None) -> CompiledGenerator:
+    """Compress `model` for `target` to a MACs budget (`budget_macs`, or `ratio` of its MACs)
+    or a latency budget (`budget_latency_ms`: searched with the target's cost model and
+    corrected by measurements on the target, at most 4 rounds).
 
     With int8 in the pipeline, `min_psnr` (dB vs the float model on the calibration batches)
     keeps the most quantization-sensitive layers in float until the floor holds. `round_to`
-    overrides the target's channel alignment (x86: 16, for int8 kernels).
+    overrides the target's channel alignment. `configs` maps pass names to config objects for
+    passes without a top-level argument (e.g. {"quantize_int8": QuantConfig(per_channel=True)}).
+    `backend` measures on a device the target's profile does not reach by itself, e.g.
+    `gcc_gan.backends.TvmRpcBackend(...)` for a board behind a TVM RPC tracker.
     """
     start = time.perf_counter()
     inputs, profile, pipeline = _check_call(model, target, budget_macs, ratio, budget_latency_ms,
                                             example_inputs, passes)
     notes: list[str] = []
-    calib = _batches(calib_data, FIDELITY_BATCHES) if calib_data is not None else None
-    with _steps() as step:
+    calib = as_batches(calib_data, FIDELITY_BATCHES) if calib_data is not None else None
+    configs = dict(configs or {})
+    if backend is None and profile.measurement != "cost-model":
+        backend = get_backend(profile.measurement)
+    configs.setdefault("quantize_int8", QuantConfig(min_psnr=min_psnr))
+    has_budget = any(b is not None for b in (budget_macs, ratio, budget_latency_ms))
+    if "prune_channels" in pipeline and not has_budget:
+        pipeline.remove("prune_channels")
+        notes.append("prune_channels skipped: no budget_macs=, ratio= or budget_latency_ms= given")
+    cut = pipeline.index("prune_channels") if "prune_channels" in pipeline else len(pipeline)
+    search: LatencySearch | None = None
+    with steps() as step:
         with step("tracing"):
             original = trace(model, inputs)
         if ratio is not None:  # of the model as given, not of what earlier passes made of it
             budget_macs, ratio = ratio * original.macs, None
-        graph, entries, float_graph = original, [], None
-        for name in pipeline:
-            if name == "quantize_int8":
-                float_graph = graph
-            if name == "prune_channels" and budget_macs is None and ratio is None:
-                notes.append("prune_channels skipped: no budget_macs= or ratio= given")
-                continue
-            with step(f"{name}"):
-                graph, entry = _run_pass(name, graph, profile, budget_macs, ratio, min_channels,
-                                         min_psnr, calib, round_to)
-            entries.append(entry)
-        with step("lowering to ONNX and checking parity"):
+        with step(", ".join(pipeline[:cut]) or "no passes before pruning"):
+            pre, pre_entries, _ = run_passes(pipeline[:cut], original, profile, configs, calib)
+
+        def build(budget: float | None, pruned: GanGraph | None = None) -> _Built:
+            graph, entries = pre, list(pre_entries)
+            if cut < len(pipeline):
+                prune = configs.get("prune_channels") or prune_config(
+                    budget, None, min_channels, round_to, profile)
+                graph, entry = run_pass("prune_channels", pre, profile, prune, calib)
+                entries.append(entry)
+            graph, rest, float_graph = run_passes(pipeline[cut + 1:], graph, profile, configs, calib)
             lowered = lower_onnx(graph, threads=torch.get_num_threads(), calib=calib)
-        int8_psnr = None
-        if float_graph is not None and lowered.int8_layers:
-            with step("checking the int8 model against the float one"):
-                graph, lowered, int8_psnr, entries[-1] = _meet_floor(
-                    float_graph, graph, lowered, entries[-1], profile, min_psnr, calib, inputs)
+            int8_psnr = None
+            if float_graph is not None and lowered.int8_layers:
+                q = next(i for i, e in enumerate(rest) if e.name == "quantize_int8")
+                graph, lowered, int8_psnr, rest[q] = meet_floor(
+                    float_graph, graph, lowered, rest[q], profile, configs["quantize_int8"],
+                    calib, inputs)
+            return _Built(graph, entries + rest, lowered, float_graph, int8_psnr)
+
+        if budget_latency_ms is not None:
+            with step(f"searching for {budget_latency_ms} ms on {profile.name}"):
+                search, built = _latency_search(pre, profile, budget_latency_ms, build, inputs,
+                                                min_channels, round_to,
+                                                backend if measure else None, calib)
+            budget_macs = search.rounds[search.chosen].budget_macs
+        else:
+            with step(", ".join(pipeline[cut:]) + ", lowering to ONNX"):
+                built = build(budget_macs)
+        graph, lowered = built.graph, built.lowered
         with step("measuring fidelity"):
-            fid, fid_inputs = _fidelity(original, lowered, calib, inputs)
+            fid, fid_inputs = fidelity_vs(original, lowered.run, calib, inputs)
+        tvm_model = None
+        if "tvm" in profile.lowering:
+            with step(f"lowering to TVM for {profile.name}"):
+                tvm_model, tvm_note = _lower_tvm(graph, profile)
+                notes.append(tvm_note)
         latency_before = latency_after = None
         if measure:
-            with step("timing the original (eager torch) and the result (ONNX Runtime)"):
+            with step("timing the original (eager torch)"):
                 latency_before = time_torch(copy_module(model).eval(), inputs)
-                latency_after = time_call(lambda: lowered.run(*inputs), backend="onnxruntime",
-                                          threads=torch.get_num_threads())
+            if backend is not None:
+                with step(f"timing the result ({backend.name})"):
+                    latency_after = _time_built(backend, built, inputs, calib)
+        if backend is None:
+            notes.append(f"latency on {profile.name} is predicted by its cost model "
+                         f"({profile.cost_model}), not measured: no device attached")
     # the prune pass already analysed the channels; analyse only when it did not run
-    barriers = next((p.details["barriers"] for p in entries if p.name == "prune_channels"),
+    barriers = next((p.details["barriers"] for p in built.entries if p.name == "prune_channels"),
                     None)
     if barriers is None:
         barriers = jsonable(analyze_channels(original).barriers)
@@ -155,19 +212,78 @@ def compile(model: nn.Module, target: str = "x86", *, budget_macs: float | None 
         lit_macs_after=graph.lit_macs, params_before=original.params, params_after=graph.params,
         weight_bytes_before=original.weight_bytes, weight_bytes_after=graph.weight_bytes,
         latency_before=jsonable(latency_before), latency_after=jsonable(latency_after),
-        fidelity=jsonable(fid), fidelity_inputs=fid_inputs, passes=tuple(entries),
-        barriers=tuple(barriers), layers=_layer_changes(original, graph),
+        fidelity=jsonable(fid), fidelity_inputs=fid_inputs, passes=tuple(built.entries),
+        barriers=tuple(barriers), layers=layer_changes(original, graph),
         lowering={"format": "onnx", "opset": lowered.opset, "dynamic_batch": lowered.dynamic_batch,
-                  "int8_layers": lowered.int8_layers, "int8_psnr_vs_float": int8_psnr,
+                  "int8_layers": lowered.int8_layers, "int8_psnr_vs_float": built.int8_psnr,
                   "graph_dynamic_batch": graph.dynamic_batch,
                   "parity_max_abs_diff": lowered.parity_max_abs_diff,
-                  "threads": lowered.threads, "notes": list(lowered.notes)},
+                  "threads": lowered.threads, "notes": list(lowered.notes),
+                  "tvm_target": dict(profile.tvm_target) if tvm_model is not None else None},
+        cost_model=_cost_summary(graph, profile, latency_after),
+        size=size_table(graph).to_dict(),
+        budget_latency_ms=budget_latency_ms, latency_search=jsonable(search),
         environment=environment(), compile_seconds=time.perf_counter() - start,
         notes=tuple(notes + graph.notes))
-    compiled = CompiledGenerator(graph, lowered, report)
+    compiled = CompiledGenerator(graph, lowered, report, tvm_model)
     if output_dir is not None:
         compiled.save(output_dir)
     return compiled
+
+
+def _latency_search(pre: GanGraph, profile, budget_ms, build, inputs, min_channels, round_to,
+                    backend, calib):
+    """Prune `pre` to the MACs budget whose latency on `profile` fits `budget_ms`, measuring
+    each round on `backend` (None: the cost model decides alone)."""
+    def prune(budget):
+        graph, _ = run_pass("prune_channels", pre, profile,
+                            prune_config(budget, None, min_channels, round_to, profile))
+        return graph
+
+    def predict_ms(graph):
+        return estimate(graph, profile, assume_int8=True).ms
+
+    def measure_ms(budget, _pruned):
+        built = build(budget)
+        return _time_built(backend, built, inputs, calib).median_ms, built
+
+    search, result = search_latency(budget_ms, Candidate(prune, predict_ms), full_macs=pre.macs,
+                                    measure_ms=measure_ms if backend is not None else None)
+    if backend is None:   # the cost model decided alone; build the chosen candidate
+        result = build(search.rounds[search.chosen].budget_macs)
+    return search, result
+
+
+def _time_built(backend: Backend, built: _Built, inputs, calib) -> Latency:
+    """Latency of a built candidate on `backend` (ONNX Runtime reuses the lowered model)."""
+    artifact = (built.lowered if isinstance(backend, OnnxRuntimeBackend)
+                else backend.lower(built.graph, calib=calib))
+    return backend.time(artifact, inputs, threads=torch.get_num_threads())
+
+
+def _lower_tvm(graph: GanGraph, profile) -> tuple[Any, str]:
+    """The target's TVM library, or None and a note saying why not (the ONNX artifact stands)."""
+    target = dict(profile.tvm_target)
+    host = target.get("kind") == "llvm" and "mtriple" not in target
+    try:
+        model = lower_tvm(graph, target, check_parity=host)
+    except TvmUnavailable as exc:
+        warnings.warn(f"{exc}; compiled without the TVM library", stacklevel=3)
+        return None, f"TVM library for {target} not built: {exc}"
+    what = "checked against torch" if host else "cross-compiled, not run here"
+    return model, f"TVM library for {target} built ({what}); float32"
+
+
+def _cost_summary(graph: GanGraph, profile, measured: Latency | None) -> dict[str, Any]:
+    est = estimate(graph, profile)
+    summary = {"model": profile.cost_model, "source": profile.tuned or "datasheet",
+               "predicted_ms": est.ms}
+    if measured is not None:
+        summary["measured_over_predicted"] = measured.median_ms / est.ms
+    if profile.cost_model == "crossbar":
+        summary.update(crossbars=est.crossbars, energy_mj=est.energy_j * 1e3,
+                       layers=jsonable(est.layers))
+    return summary
 
 
 def _check_call(model, target, budget_macs, ratio, budget_latency_ms, example_inputs, passes):
@@ -176,123 +292,14 @@ def _check_call(model, target, budget_macs, ratio, budget_latency_ms, example_in
     if example_inputs is None:
         raise ValueError("compile() needs example_inputs=: a tuple of tensors shaped like real "
                          "inputs, e.g. example_inputs=(torch.randn(1, 3, 256, 256),)")
-    if budget_latency_ms is not None:
-        raise NotImplementedError("latency budgets need target cost models and on-device "
-                                  "measurement, which arrive with the targets issue; use "
-                                  "budget_macs= or ratio= for now")
-    if budget_macs is not None and ratio is not None:
-        raise ValueError("give budget_macs= or ratio=, not both")
+    if sum(b is not None for b in (budget_macs, ratio, budget_latency_ms)) > 1:
+        raise ValueError("give one of budget_macs=, ratio= or budget_latency_ms=, not several")
     profile = target_profiles.get(target)
     pipeline = list(profile.passes if passes is None else passes)
     unknown = [p for p in pipeline if p not in PASSES]
     if unknown:
         raise ValueError(f"unknown passes {unknown}; available: {', '.join(PASSES)}")
+    if budget_latency_ms is not None and "prune_channels" not in pipeline:
+        raise ValueError("budget_latency_ms= needs prune_channels in the pipeline")
     inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     return inputs, profile, pipeline
-
-
-def _run_pass(name, graph, profile, budget_macs, ratio, min_channels, min_psnr, calib,
-              round_to=None):
-    start = time.perf_counter()
-    if name == "prune_channels":
-        config = PruneConfig(budget_macs=budget_macs, ratio=ratio, min_channels=min_channels,
-                             round_to=round_to or profile.channel_alignment)
-        result = prune_channels(graph, None, config)  # the alignment is settled in config
-    elif name == "quantize_int8":
-        result = quantize_int8(graph, profile, QuantConfig(min_psnr=min_psnr), calib_data=calib)
-    else:
-        result = PASSES[name](graph, profile)
-    report = jsonable(result.report)
-    settings = report.pop("config", {})
-    standard = {k: report.pop(k) for k in ("macs_before", "macs_after", "params_before",
-                                            "params_after", "name")}
-    return result.graph, PassEntry(name=name, settings=settings, seconds=time.perf_counter() - start,
-                                   details=report, **{k: v for k, v in standard.items()
-                                                      if k != "name"})
-
-
-FLOOR_RETRIES = 3
-
-
-def _psnr_vs(graph: GanGraph, lowered: OnnxModel, batches: list[tuple]) -> float:
-    with torch.no_grad():
-        refs = torch.cat([_first(graph(*b)) for b in batches])
-    return psnr(torch.cat([_first(lowered.run(*b)) for b in batches]), refs)
-
-
-def _meet_floor(float_graph, graph, lowered, entry, profile, min_psnr, calib, inputs):
-    """The real int8 model's PSNR vs the float one; below `min_psnr`, requantize with the
-    simulated floor raised by the shortfall (the simulation is close, not exact)."""
-    batches = calib or [inputs]
-    measured = _psnr_vs(float_graph, lowered, batches)
-    floor = min_psnr
-    for _ in range(FLOOR_RETRIES if min_psnr is not None else 0):
-        if measured >= min_psnr or not lowered.int8_layers:
-            break
-        floor += min_psnr - measured + 0.5
-        graph, entry = _run_pass("quantize_int8", float_graph, profile, None, None, 1, floor, calib)
-        lowered = lower_onnx(graph, threads=lowered.threads, calib=calib)
-        measured = _psnr_vs(float_graph, lowered, batches)
-    return graph, lowered, measured, entry
-
-
-def _batches(calib_data: Iterable, limit: int) -> list[tuple]:
-    out = []
-    for batch in calib_data:
-        out.append(batch if isinstance(batch, tuple) else
-                   tuple(batch) if isinstance(batch, list) else (batch,))
-        if len(out) == limit:
-            break
-    return out
-
-
-def _fidelity(original: GanGraph, lowered: OnnxModel, calib: list[tuple] | None, inputs):
-    batches = calib or []
-    label = f"{len(batches)} calibration batches"
-    if not batches:
-        batches = [inputs]
-        label = "the example inputs (no calib_data given)"
-    with torch.no_grad():
-        refs = [_first(original(*b)) for b in batches]
-    outs = [_first(lowered.run(*b)) for b in batches]
-    return fidelity(outs, refs), label
-
-
-def _first(out):
-    return out if isinstance(out, torch.Tensor) else out[0]
-
-
-def _layer_changes(before: GanGraph, after: GanGraph) -> tuple[LayerChange, ...]:
-    """Layers (nodes with MACs or params) matched by (module, op, occurrence)."""
-    def keyed(graph):
-        seen: dict[tuple[str, str], int] = {}
-        out = {}
-        for n in graph.cost.nodes:
-            if n.macs or n.params:
-                k = (n.module, n.op)
-                seen[k] = seen.get(k, 0) + 1
-                out[(*k, seen[k])] = n
-        return out
-    b, a = keyed(before), keyed(after)
-    return tuple(LayerChange(module=k[0], op=k[1], macs_before=n.macs,
-                             macs_after=a[k].macs if k in a else 0, params_before=n.params,
-                             params_after=a[k].params if k in a else 0) for k, n in b.items())
-
-
-@contextmanager
-def _steps():
-    """A spinner per step on stderr when it is a terminal; silent in pipelines and CI."""
-    console = Console(stderr=True)
-    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                        console=console, transient=True, disable=not sys.stderr.isatty())
-
-    @contextmanager
-    def step(description: str):
-        task = progress.add_task(description, total=None)
-        try:
-            yield
-        finally:
-            progress.remove_task(task)
-
-    with progress:
-        yield step

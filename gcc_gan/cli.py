@@ -152,6 +152,8 @@ def compile_cmd(
     target: Annotated[str, typer.Option(help="target name (gcc-gan targets)")] = "x86",
     budget_macs: Annotated[Optional[float], typer.Option(help="MACs budget, e.g. 3e9")] = None,
     ratio: Annotated[Optional[float], typer.Option(help="or: keep this fraction of MACs")] = None,
+    budget_latency_ms: Annotated[Optional[float], typer.Option(
+        help="or: latency budget in ms on the target (cost model + measured rounds)")] = None,
     arg: Annotated[Optional[list[str]], typer.Option(help="factory argument key=value")] = None,
     weights: Annotated[Optional[Path], typer.Option(help="state_dict checkpoint")] = None,
     round_to: Annotated[Optional[int], typer.Option(
@@ -160,30 +162,65 @@ def compile_cmd(
         help="int8 floor: dB vs the float model; sensitive layers stay float")] = None,
     measure: Annotated[bool, typer.Option(help="time the original and the result")] = True,
 ) -> None:
-    """Compress MODEL for TARGET to a MACs budget; write model.onnx, model.pt2 and the report."""
+    """Compress MODEL for TARGET to a MACs or latency budget; write the artifacts and report."""
     net = load_model(model, _parse_kwargs(arg or []), weights)
     inputs = tuple(torch.randn(_parse_shape(s)) for s in input_shape)
     try:
         compiled = gcc_compile(net, target, budget_macs=budget_macs, ratio=ratio,
-                               example_inputs=inputs, output_dir=out, min_psnr=min_psnr,
-                               round_to=round_to,
+                               budget_latency_ms=budget_latency_ms, example_inputs=inputs,
+                               output_dir=out, min_psnr=min_psnr, round_to=round_to,
                                measure=measure)
     except (TraceError, BudgetError, LoweringError, ValueError) as exc:
         _fail(str(exc))
     console.print(compiled.report)
-    console.print(f"wrote {out}/: model.onnx, model.pt2, example_inputs.pt, report.json, report.md")
+    console.print(f"wrote {out}/: {', '.join(sorted(p.name for p in out.iterdir()))}")
 
 
 @app.command("targets")
 def targets_cmd() -> None:
     """List the compilation targets."""
     table = Table(title="targets", header_style="bold")
-    for col in ("name", "description", "passes", "lowering", "channel alignment"):
+    for col in ("name", "description", "passes", "precisions", "align", "lowering",
+                "latency from", "cost model"):
         table.add_column(col)
     for t in target_profiles.available():
-        table.add_row(t.name, t.description, ", ".join(t.passes), t.lowering,
-                      str(t.channel_alignment))
+        table.add_row(t.name, t.description, ", ".join(t.passes), ", ".join(t.precisions),
+                      str(t.channel_alignment), ", ".join(t.lowering), t.measurement,
+                      f"{t.cost_model} ({'tuned: ' + t.tuned if t.tuned else 'datasheet'})")
     console.print(table)
+
+
+@app.command("tune")
+def tune_cmd(
+    target: Annotated[str, typer.Option(help="target name (gcc-gan targets)")] = "x86",
+    size: Annotated[str, typer.Option(help="probe spread: full (minutes) or quick")] = "full",
+    out: Annotated[Optional[Path], typer.Option(
+        help="where to save the fitted profile (default: where compile finds it)")] = None,
+    rpc: Annotated[Optional[str], typer.Option(
+        help="measure on a board through a TVM RPC tracker: HOST:PORT:KEY")] = None,
+) -> None:
+    """Measure kernels on the device and fit TARGET's cost model; compile then uses the fit."""
+    from .tune import rpc_measure, tune
+
+    if size not in ("full", "quick"):
+        _fail(f"--size must be full or quick, got {size!r}")
+    try:
+        profile = target_profiles.get(target, tuned=False)
+        measure = rpc_measure(profile, rpc) if rpc else None
+        result = tune(profile, measure=measure, size=size, save=out or True)
+    except (ValueError, ImportError) as exc:
+        _fail(str(exc))
+    table = Table(title=f"{target}: fitted kernels", header_style="bold")
+    for col in ("kernel", "samples", "overhead us", "ns/kMAC", "ns/kB", "ns/kweight",
+                "median error"):
+        table.add_column(col, justify="right")
+    for key, fit in sorted(result.kernels.items()):
+        err_text = "-" if fit.median_rel_error is None else f"{fit.median_rel_error:.1%}"
+        table.add_row(key, str(fit.samples), f"{fit.overhead_s * 1e6:.1f}",
+                      f"{fit.s_per_mac * 1e12:.3g}", f"{fit.s_per_byte * 1e12:.3g}",
+                      f"{fit.s_per_weight * 1e12:.3g}", err_text)
+    console.print(table)
+    console.print(f"saved {result.path}")
 
 
 @app.command("zoo")

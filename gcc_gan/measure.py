@@ -40,6 +40,17 @@ class Latency:
     threads: int
     backend: str
 
+    @classmethod
+    def from_samples(cls, seconds, *, warmup: int, threads: int, backend: str) -> "Latency":
+        """The distribution of per-call times (seconds), timed here or on a remote device."""
+        if len(seconds) == 0:
+            raise ValueError("no timed calls to summarise")
+        ms = np.asarray(seconds, dtype=float) * 1e3
+        p25, median, p75 = np.percentile(ms, [25, 50, 75])
+        return cls(median_ms=float(median), p25_ms=float(p25), p75_ms=float(p75),
+                   min_ms=float(ms.min()), max_ms=float(ms.max()), repeats=len(ms),
+                   warmup=warmup, threads=threads, backend=backend)
+
     @property
     def spread(self) -> float:
         """Interquartile range in ms: the noise to weigh a difference of medians against."""
@@ -73,11 +84,7 @@ def time_call(fn: Callable[[], Any], *, warmup: int = 2, repeats: int = 10,
         start = time.perf_counter()
         fn()
         seconds.append(time.perf_counter() - start)
-    ms = np.array(seconds) * 1e3
-    p25, median, p75 = np.percentile(ms, [25, 50, 75])
-    return Latency(median_ms=float(median), p25_ms=float(p25), p75_ms=float(p75),
-                   min_ms=float(ms.min()), max_ms=float(ms.max()), repeats=len(ms),
-                   warmup=warmup, threads=threads, backend=backend)
+    return Latency.from_samples(seconds, warmup=warmup, threads=threads, backend=backend)
 
 
 def time_torch(module: torch.nn.Module, inputs: torch.Tensor | tuple[torch.Tensor, ...], *,

@@ -20,7 +20,7 @@ from rich.table import Table
 
 from .summary import si
 
-SCHEMA = "gcc-gan.compile-report/1"
+SCHEMA = "gcc-gan.compile-report/2"
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,10 @@ class CompileReport:
     environment: dict[str, str]
     compile_seconds: float
     notes: tuple[str, ...] = ()
+    cost_model: dict[str, Any] | None = None    # the target's prediction for the result
+    budget_latency_ms: float | None = None
+    latency_search: dict[str, Any] | None = None  # gcc_gan.latency.LatencySearch, each round
+    size: dict[str, Any] | None = None           # gcc_gan.size.SizeTable: bytes per storage form
     schema: str = SCHEMA
 
     @property
@@ -119,11 +123,46 @@ class CompileReport:
         return (f"fidelity vs the original on {self.fidelity_inputs}: PSNR {psnr} dB, "
                 f"SSIM {ssim}, max abs diff {f['max_abs_diff']:.3g}")
 
+    def _cost_lines(self) -> list[str]:
+        lines = []
+        c = self.cost_model
+        if c:
+            lines += [f"Cost model ({c['model']}, {c['source']}): predicted {c['predicted_ms']:.3g} ms"
+                      + (f", measured/predicted {c['measured_over_predicted']:.2f}"
+                         if c.get("measured_over_predicted") else ""), ""]
+        if c and c.get("layers"):
+            lines += [f"Crossbars: {c['crossbars']}, energy {c['energy_mj']:.4g} mJ per call", "",
+                      "| layer | module | bits | crossbars | utilization | cycles | ADC conversions "
+                      "| time (us) | energy (uJ) |", "|---|---|--:|--:|--:|--:|--:|--:|--:|"]
+            lines += [f"| {x['node']} | {x['module']} | {x['bits']} | {x['crossbars']} | "
+                      f"{x['utilization']:.0%} | {x['cycles']} | {x['adc_conversions']} | "
+                      f"{x['seconds'] * 1e6:.1f} | {x['energy_j'] * 1e6:.3g} |" for x in c["layers"]]
+            lines.append("")
+        if self.size:
+            lines += [f"Storage ({self.size['title']}):", "", "| form | bytes | x smaller | detail |",
+                      "|---|--:|--:|---|"]
+            lines += [f"| {r['name']} | {r['bytes']:,} | {r['ratio']:.1f}x | {r['detail']} |"
+                      for r in self.size["rows"]]
+            lines.append("")
+        s = self.latency_search
+        if s:
+            kind = "measured" if s["measured"] else "predicted (no device)"
+            lines += [f"Latency budget {s['budget_latency_ms']} ms ({kind}); round "
+                      f"{s['chosen'] + 1} kept, in [0.85 T, T]: {s['in_window']}", "",
+                      "| round | MACs budget | MACs | predicted ms | corrected ms | measured ms |",
+                      "|--:|--:|--:|--:|--:|--:|"]
+            lines += [f"| {r['round']} | {si(r['budget_macs'])} | {si(r['macs'])} | "
+                      f"{r['predicted_ms']:.2f} | {r['corrected_ms']:.2f} | "
+                      + (f"{r['measured_ms']:.2f} |" if r["measured_ms"] is not None else "- |")
+                      for r in s["rounds"]]
+            lines.append("")
+        return lines
+
     def to_markdown(self) -> str:
         lines = [f"# gcc-gan compile report: {self.model} for {self.target}", "",
                  "| | before | after | change |", "|---|--:|--:|--:|"]
         lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in self._summary_rows()]
-        lines += ["", self._fidelity_line(), "", "## Passes", ""]
+        lines += ["", self._fidelity_line(), ""] + self._cost_lines() + ["## Passes", ""]
         for p in self.passes:
             settings = ", ".join(f"{k}={v}" for k, v in p.settings.items() if v is not None)
             lines.append(f"- `{p.name}` ({settings}): MACs {si(p.macs_before)} -> "
@@ -156,7 +195,29 @@ class CompileReport:
         for p in self.passes:
             passes.add_row(p.name, si(p.macs_after), si(p.params_after), f"{p.seconds:.2f}")
         extra = [f"barriers: {len(self.barriers)}"] + [f"note: {n}" for n in self.notes]
-        return Group(table, passes, *extra)
+        c = self.cost_model
+        if c:
+            extra.insert(0, f"cost model ({c['model']}, {c['source']}): predicted "
+                            f"{c['predicted_ms']:.3g} ms" + (f", {c['crossbars']} crossbars, "
+                                                            f"{c['energy_mj']:.4g} mJ per call"
+                                                            if c.get("layers") else ""))
+        return Group(table, passes, *self._rounds_table(), *extra)
+
+    def _rounds_table(self) -> list[Table]:
+        s = self.latency_search
+        if not s:
+            return []
+        rounds = Table(title=f"latency budget {s['budget_latency_ms']} ms: rounds "
+                             f"({'measured' if s['measured'] else 'predicted, no device'})",
+                       header_style="bold")
+        for col in ("round", "MACs", "predicted ms", "corrected ms", "measured ms"):
+            rounds.add_column(col, justify="right")
+        for r in s["rounds"]:
+            mark = " *" if r["round"] == s["chosen"] + 1 else ""
+            rounds.add_row(f"{r['round']}{mark}", si(r["macs"]), f"{r['predicted_ms']:.2f}",
+                           f"{r['corrected_ms']:.2f}",
+                           "-" if r["measured_ms"] is None else f"{r['measured_ms']:.2f}")
+        return [rounds]
 
 
 def jsonable(value: Any) -> Any:

@@ -69,7 +69,8 @@ class QuantResult:
     plan: tuple[LayerQuant, ...] = field(repr=False, default=())
 
 
-def _candidates(gm: fx.GraphModule) -> tuple[list[fx.Node], list[tuple[str, str]]]:
+def int8_candidates(gm: fx.GraphModule) -> tuple[list[fx.Node], list[tuple[str, str]]]:
+    """The convs this pass can run in int8, and (node, why) for those it leaves in float."""
     chosen, skipped = [], []
     for node in gm.graph.nodes:
         if node.op != "call_function":
@@ -145,7 +146,7 @@ def _first(out):
 def quantize_int8(graph: GanGraph, target=None, config: QuantConfig = QuantConfig(),
                   calib_data=None) -> QuantResult:
     gm = copy_module(graph.module)
-    chosen, skipped = _candidates(gm)
+    chosen, skipped = int8_candidates(gm)
     batches, calibration = _batches(calib_data, graph.example_inputs, config.max_calib_batches)
     watch = {}
     for node in chosen:

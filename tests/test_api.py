@@ -78,7 +78,7 @@ def test_report_measures_latency_and_fidelity_and_round_trips(tmp_path):
     assert r.passes[2].settings["budget_macs"] == 0.5 * 5947392
     assert r.layers and r.environment["torch"] == torch.__version__
     data = json.loads((tmp_path / "report.json").read_text())
-    assert data["schema"] == "gcc-gan.compile-report/1" and data["macs_after"] == r.macs_after
+    assert data["schema"] == "gcc-gan.compile-report/2" and data["macs_after"] == r.macs_after
     assert gcc_gan.CompileReport.from_json(r.to_json()) == r
     md = (tmp_path / "report.md").read_text()
     assert "## Passes" in md and "## Layers" in md and "latency" in md
@@ -90,15 +90,19 @@ def test_without_a_budget_pruning_is_skipped_and_said():
     out = gcc_gan.compile(zoo.build("dcgan"), example_inputs=zoo.example_inputs("dcgan"),
                           measure=False)
     assert [p.name for p in out.report.passes] == ["fold_norms", "deconv_to_subpixel", "quantize_int8"]
-    assert "prune_channels skipped: no budget_macs= or ratio= given" in out.report.notes
+    assert ("prune_channels skipped: no budget_macs=, ratio= or budget_latency_ms= given"
+            in out.report.notes)
 
 
 @pytest.mark.parametrize("kwargs, error, message", [
     (dict(ratio=0.5), ValueError, "needs example_inputs="),
-    (dict(ratio=0.5, example_inputs="x", target="tpu"), ValueError, "unknown target 'tpu'; available: x86"),
+    (dict(ratio=0.5, example_inputs="x", target="tpu"), ValueError,
+     "unknown target 'tpu'; available: arm, gpu, reram, x86"),
     (dict(budget_macs=10, example_inputs=None), ValueError, "needs example_inputs="),
-    (dict(budget_macs=1e6, ratio=0.5, example_inputs="x"), ValueError, "not both"),
-    (dict(budget_latency_ms=20, example_inputs="x"), NotImplementedError, "targets issue"),
+    (dict(budget_macs=1e6, ratio=0.5, example_inputs="x"), ValueError, "not several"),
+    (dict(budget_latency_ms=20, ratio=0.5, example_inputs="x"), ValueError, "not several"),
+    (dict(budget_latency_ms=20, example_inputs="x", passes=["fold_norms"]), ValueError,
+     "needs prune_channels"),
     (dict(ratio=0.5, example_inputs="x", passes=["quantize"]), ValueError, "unknown passes"),
 ])
 def test_bad_calls_say_what_to_do(kwargs, error, message):
@@ -141,3 +145,18 @@ def test_compiled_module_trains():
         losses.append(loss.item())
     assert all(p.grad is not None for p in params)
     assert losses[-1] < losses[0]
+
+
+def test_arm_compile_saves_an_aarch64_library(tmp_path):
+    pytest.importorskip("tvm")
+    import shutil
+    if shutil.which("aarch64-linux-gnu-gcc") is None:
+        pytest.skip("no aarch64-linux-gnu-gcc (apt-get install gcc-aarch64-linux-gnu)")
+    out = gcc_gan.compile(zoo.build("resnet"), "arm", ratio=0.5, round_to=TINY,
+                          example_inputs=zoo.example_inputs("resnet"), measure=False,
+                          output_dir=tmp_path)
+    header = (tmp_path / "model_arm.so").read_bytes()[:20]
+    assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 0xB7
+    assert out.report.lowering["tvm_target"]["mtriple"] == "aarch64-linux-gnu"
+    assert any("cross-compiled" in n for n in out.report.notes)
+    assert out.report.lowering["int8_layers"] > 0   # the ONNX artifact is int8 as on x86

@@ -32,6 +32,7 @@ from ..ir import GanGraph, trace
 from ..quant import quant_plan
 from ..quiet import quiet_loggers
 from ..runtime import ort_session
+from .lut import with_lut
 from .qdq import to_qdq
 
 MAX_IR_VERSION = 10
@@ -140,15 +141,16 @@ def lower_onnx(graph: GanGraph, *, tolerance: float = 1e-4, threads: int | None 
     lowered = dataclasses.replace(lowered, parity_max_abs_diff=_parity(graph, lowered, tolerance))
     plan = quant_plan(graph.module)
     if not plan:
-        return lowered
+        return with_lut(graph, lowered)
     batches = calib or [graph.example_inputs]
     if not lowered.dynamic_batch:
         batches = [_first_sample(b) for b in batches]
     data, missing = to_qdq(lowered.data, plan, [lowered.feeds(b) for b in batches])
     if missing:
         notes.append(f"int8 plan names layers the ONNX graph lacks, left float: {missing}")
-    return dataclasses.replace(lowered, data=data, int8_layers=len(plan) - len(missing),
-                               notes=tuple(notes), _session=[])
+    lowered = dataclasses.replace(lowered, data=data, int8_layers=len(plan) - len(missing),
+                                  notes=tuple(notes), _session=[])
+    return with_lut(graph, lowered)
 
 
 def _opset(model: onnx.ModelProto) -> int:

@@ -1,0 +1,123 @@
+"""How well the tuned cost model predicts whole generators on this machine, against MACs alone.
+
+Run: `make bench` (or `.venv/bin/python benchmarks/cost_model.py [--reuse]`). First tunes the
+x86 target (`gcc-gan tune --target x86`: single-op probes only, saved where compile finds it;
+`--reuse` keeps an existing tuned profile). Then, for zoo generators at widths and resolutions
+the tuning never ran (it ran no whole model at all), measures ONNX Runtime latency in fp32
+(dense) and in int8 as compile deploys it (fold_norms, deconv_to_subpixel, prune to a ratio,
+quantize_int8), and prints the share of predictions within +-10% of measured, next to a
+MACs-only proxy (seconds per MAC fitted on the same probes). Writes
+benchmarks/results/cost_model.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from gcc_gan import targets, trace, zoo
+from gcc_gan.backends import get_backend
+from gcc_gan.passes.channel_prune import PruneConfig, prune_channels
+from gcc_gan.passes.deconv_to_subpixel import deconv_to_subpixel
+from gcc_gan.passes.fold_norms import fold_norms
+from gcc_gan.passes.quantize import quantize_int8
+from gcc_gan.quant import quant_plan
+from gcc_gan.targets.roofline import predict
+from gcc_gan.tune import tune
+
+RESULTS = Path(__file__).parent / "results" / "cost_model.json"
+WITHIN = 0.10
+# (zoo name, factory kwargs, input shape): none of these ran during tuning
+MODELS = [
+    ("resnet", dict(ngf=16, n_blocks=6), (1, 3, 128, 128)),
+    ("resnet", dict(ngf=32, n_blocks=9), (1, 3, 128, 128)),
+    ("resnet", dict(ngf=40, n_blocks=9), (1, 3, 192, 192)),
+    ("resnet", dict(ngf=64, n_blocks=9), (1, 3, 256, 256)),
+    ("unet", dict(ngf=32, num_downs=7), (1, 3, 128, 128)),
+    ("unet", dict(ngf=48, num_downs=8), (1, 3, 256, 256)),
+    ("dcgan", dict(ngf=32), (1, 100)),
+    ("dcgan", dict(ngf=64, img_size=128), (1, 100)),
+    ("sngan", dict(ngf=128), (1, 128)),
+    ("inception", dict(ngf=24), (1, 3, 128, 128)),
+]
+
+
+def deployed(graph, x, ratio):
+    """The int8 program compile builds for x86 at `ratio` of the MACs."""
+    target = targets.get("x86")
+    g = deconv_to_subpixel(fold_norms(graph).graph).graph
+    if ratio < 1:
+        g = prune_channels(g, config=PruneConfig(ratio=ratio, round_to=target.channel_alignment)).graph
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return quantize_int8(g, target, calib_data=[(x,)]).graph
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--reuse", action="store_true", help="keep an existing tuned profile")
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")
+    console = Console(width=170)
+    threads = torch.get_num_threads()
+    target = targets.get("x86")
+    if not (args.reuse and target.tuned):
+        start = time.perf_counter()
+        with console.status("gcc-gan tune --target x86 ..."):
+            result = tune("x86")
+        console.print(f"tuned x86 in {time.perf_counter() - start:.0f} s "
+                      f"({sum(len(v) for v in result.samples.values())} kernels): {result.path}")
+        target = result.target
+    proxy = json.loads(Path(target.tuned).read_text())["macs_proxy_s_per_mac"]
+    backend = get_backend("onnxruntime")
+    rows = []
+    with console.status("measuring zoo generators ..."):
+        for name, kwargs, shape in MODELS:
+            model = zoo.ZOO[name].factory(**kwargs).eval()
+            x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+            graph = trace(model, (x,))
+            for dtype, ratio in (("fp32", 1.0), ("int8", 1.0), ("int8", 0.4)):
+                g = graph if dtype == "fp32" else deployed(graph, x, ratio)
+                int8 = [layer.node for layer in quant_plan(g.module)]
+                measured = backend.measure(g, (x,), threads=threads, repeats=10,
+                                           calib=[(x,)]).median_ms
+                predicted = predict(g, target, int8=int8).ms
+                macs_only = g.macs * proxy[dtype] * 1e3
+                rows.append({"model": name, "config": kwargs, "input": list(shape), "dtype": dtype,
+                             "ratio": ratio, "macs": g.macs, "measured_ms": measured,
+                             "predicted_ms": predicted, "macs_proxy_ms": macs_only,
+                             "error": predicted / measured - 1,
+                             "macs_proxy_error": macs_only / measured - 1})
+    table = Table(title=f"x86 cost model vs measured (ONNX Runtime, {threads} threads, batch 1)",
+                  header_style="bold")
+    for col in ("model", "config", "input", "dtype", "MACs", "measured ms", "predicted ms",
+                "error", "MACs-proxy ms", "proxy error"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        config = ", ".join(f"{k}={v}" for k, v in r["config"].items())
+        table.add_row(r["model"], config, "x".join(map(str, r["input"][1:])),
+                      f"{r['dtype']} @{r['ratio']:.0%}", f"{r['macs'] / 1e9:.3f}G",
+                      f"{r['measured_ms']:.2f}", f"{r['predicted_ms']:.2f}", f"{r['error']:+.1%}",
+                      f"{r['macs_proxy_ms']:.2f}", f"{r['macs_proxy_error']:+.1%}")
+    console.print(table)
+    share = sum(abs(r["error"]) <= WITHIN for r in rows) / len(rows)
+    proxy_share = sum(abs(r["macs_proxy_error"]) <= WITHIN for r in rows) / len(rows)
+    console.print(f"within +-10% of measured: cost model {share:.0%} ({len(rows)} programs; "
+                  f"goal >= 90%), MACs-only proxy {proxy_share:.0%}")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({"threads": threads, "tuned_profile": target.tuned,
+                                   "share_within_10pct": share,
+                                   "macs_proxy_share_within_10pct": proxy_share,
+                                   "rows": rows}, indent=2))
+    console.print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

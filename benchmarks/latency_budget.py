@@ -1,0 +1,71 @@
+"""compile(resnet9, target="x86", budget_latency_ms=T) on this machine: each round's measured
+latency and the final one, for T = 40 and 15 ms.
+
+Run: `make bench` (or `.venv/bin/python benchmarks/latency_budget.py`), after `gcc-gan tune
+--target x86` (benchmarks/cost_model.py runs it) so the search starts from measured kernel
+costs; without a tuned profile it starts from the datasheet figures and needs more rounds.
+ResNet-9 (ngf 64) at 256x256, int8 x86 pipeline, random calibration inputs. Writes
+benchmarks/results/latency_budget.json.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+import gcc_gan
+from gcc_gan import targets, zoo
+
+RESULTS = Path(__file__).parent / "results" / "latency_budget.json"
+BUDGETS_MS = (40.0, 15.0)
+
+
+def main() -> None:
+    warnings.simplefilter("ignore")
+    console = Console(width=160)
+    model = zoo.build("resnet", "standard")
+    x = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(1))
+    calib = [(torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(s)),)
+             for s in range(4)]
+    profile = targets.get("x86")
+    console.print(f"x86 cost model: {profile.tuned or 'datasheet (run gcc-gan tune --target x86)'}")
+    results = []
+    for budget in BUDGETS_MS:
+        with console.status(f"compile(resnet9, x86, budget_latency_ms={budget}) ..."):
+            out = gcc_gan.compile(model, "x86", budget_latency_ms=budget, example_inputs=(x,),
+                                  calib_data=calib)
+        r = out.report
+        search = r.latency_search
+        table = Table(title=f"budget {budget} ms: rounds", header_style="bold")
+        for col in ("round", "MACs budget", "MACs", "predicted ms", "x correction", "aimed ms",
+                    "measured ms"):
+            table.add_column(col, justify="right")
+        for rd in search["rounds"]:
+            table.add_row(str(rd["round"]) + (" *" if rd["round"] == search["chosen"] + 1 else ""),
+                          f"{rd['budget_macs'] / 1e9:.3f}G", f"{rd['macs'] / 1e9:.3f}G",
+                          f"{rd['predicted_ms']:.2f}", f"{rd['correction']:.3f}",
+                          f"{rd['corrected_ms']:.2f}", f"{rd['measured_ms']:.2f}")
+        console.print(table)
+        final = r.latency_after["median_ms"]
+        ok = 0.85 * budget <= final <= budget
+        console.print(f"final: {r.macs_after / 1e9:.3f}G MACs, measured again {final:.2f} ms "
+                      f"(IQR {r.latency_after['p75_ms'] - r.latency_after['p25_ms']:.2f}); in "
+                      f"[{0.85 * budget:.2f}, {budget:.2f}]: {ok}; fidelity vs the dense model "
+                      f"PSNR {r.fidelity['psnr']:.1f} dB (random weights)")
+        results.append({"budget_ms": budget, "final_ms": final, "in_window": ok,
+                        "macs_after": r.macs_after, "rounds": search["rounds"],
+                        "chosen_round": search["chosen"] + 1, "cost_model": r.cost_model,
+                        "latency_after": r.latency_after})
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({"threads": torch.get_num_threads(),
+                                   "tuned_profile": profile.tuned, "results": results}, indent=2))
+    console.print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

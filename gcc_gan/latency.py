@@ -1,0 +1,145 @@
+"""The latency budget search: cost model first, then measurements correct it.
+
+A latency budget T is met by a MACs budget. Each round (at most `MAX_ROUNDS`):
+
+1. bisect, in log space, the largest MACs budget whose *corrected* predicted latency
+   (cost model x correction) is at most AIM * T, AIM = 0.925 (the middle of [0.85 T, T]);
+2. build that candidate (prune and the rest of the pipeline), lower and measure it;
+3. stop when 0.85 T <= measured <= T; otherwise set correction = measured / predicted of
+   this candidate and go again.
+
+The cost model gives the shape of latency against MACs (which layers shrink, alignment,
+int8); the measurement fixes its scale on the real device, so a good kernel model needs one
+round and a datasheet model two or three. When no round lands in the window, the round with
+the largest measured latency <= T is kept; when even the smallest reachable model is slower
+than T, `BudgetError` says what was measured.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .search import BudgetError
+
+AIM = 0.925
+WINDOW = 0.85          # measured latency in [WINDOW * T, T] ends the search
+MAX_ROUNDS = 4
+BISECTION_STEPS = 18   # log-space steps: MACs budget resolution ~ (hi/lo)^(1/2^18)
+
+
+@dataclass(frozen=True)
+class LatencyRound:
+    round: int
+    budget_macs: int
+    macs: int
+    predicted_ms: float      # the cost model's raw prediction for this candidate
+    corrected_ms: float      # x the correction from the previous rounds: what was aimed at
+    measured_ms: float | None
+    correction: float        # the correction factor this round used
+
+
+@dataclass(frozen=True)
+class LatencySearch:
+    budget_latency_ms: float
+    rounds: tuple[LatencyRound, ...]
+    chosen: int              # index of the round whose model is returned
+    met: bool                # the chosen round's measured latency <= T
+    in_window: bool          # ... and >= 0.85 T
+    measured: bool           # False: no measurement backend, the cost model decided alone
+
+
+class Candidate:
+    """A pruned graph for a MACs budget and its raw predicted latency; None when the budget
+    is below what pruning can reach."""
+
+    def __init__(self, prune: Callable[[float], Any], predict_ms: Callable[[Any], float]):
+        self._prune, self._predict = prune, predict_ms
+        self._cache: dict[int, tuple[Any, float] | None] = {}
+
+    def __call__(self, budget: float) -> tuple[Any, float] | None:
+        key = int(budget)
+        if key not in self._cache:
+            try:
+                graph = self._prune(key)
+            except BudgetError:
+                self._cache[key] = None
+            else:
+                self._cache[key] = (graph, self._predict(graph))
+        return self._cache[key]
+
+
+def largest_budget(candidate: Candidate, aim_ms: float, correction: float,
+                   lo: float, hi: float) -> int:
+    """The largest MACs budget in [lo, hi] whose corrected prediction is <= aim_ms (the
+    smallest reachable budget when none is)."""
+    top = candidate(hi)
+    if top is not None and top[1] * correction <= aim_ms:
+        return int(hi)
+    a, b = math.log(lo), math.log(hi)   # invariant: budget e^b is too slow or unreachable
+    best = None
+    for _ in range(BISECTION_STEPS):
+        mid = (a + b) / 2
+        found = candidate(math.exp(mid))
+        if found is None:
+            a = mid            # unreachable: more MACs needed
+        elif found[1] * correction <= aim_ms:
+            a, best = mid, int(math.exp(mid))
+        else:
+            b = mid
+    return best if best is not None else int(math.exp(b))
+
+
+def search_latency(budget_ms: float, candidate: Candidate, *, full_macs: int,
+                   measure_ms: Callable[[int, Any], tuple[float, Any]] | None,
+                   min_fraction: float = 1e-3) -> tuple[LatencySearch, Any]:
+    """Rounds of predict -> build -> measure until measured latency is in [0.85 T, T].
+
+    `measure_ms(budget, pruned_graph) -> (ms, built)` builds the rest of the pipeline and
+    measures it; None means the target has no measurement (one round, prediction only).
+    Returns the search record and the chosen round's `built` (or pruned graph).
+    """
+    if budget_ms <= 0:
+        raise ValueError(f"budget_latency_ms must be positive, got {budget_ms}")
+    rounds: list[LatencyRound] = []
+    built: list[Any] = []
+    correction = 1.0
+    lo = max(full_macs * min_fraction, 1.0)
+    for index in range(MAX_ROUNDS if measure_ms else 1):
+        budget = largest_budget(candidate, AIM * budget_ms, correction, lo, full_macs)
+        found = candidate(budget)
+        if found is None:
+            raise BudgetError(f"no prunable model reaches {budget_ms} ms: pruning cannot go "
+                              f"below {budget} MACs under the channel constraints")
+        graph, predicted = found
+        measured, result = measure_ms(budget, graph) if measure_ms else (None, graph)
+        rounds.append(LatencyRound(round=index + 1, budget_macs=budget, macs=graph.macs,
+                                   predicted_ms=predicted, corrected_ms=predicted * correction,
+                                   measured_ms=measured, correction=correction))
+        built.append(result)
+        if measured is None or WINDOW * budget_ms <= measured <= budget_ms:
+            break
+        if measured <= budget_ms and budget >= full_macs:
+            break   # the unpruned model is already fast enough
+        correction = measured / predicted
+    return _choose(budget_ms, rounds, built, measured=measure_ms is not None)
+
+
+def _choose(budget_ms, rounds, built, measured):
+    latency = [r.measured_ms if measured else r.corrected_ms for r in rounds]
+    fitting = [i for i, t in enumerate(latency) if t <= budget_ms]
+    if not fitting:
+        fastest = min(range(len(rounds)), key=latency.__getitem__)
+        raise BudgetError(
+            f"latency budget {budget_ms} ms not met: the fastest candidate ({rounds[fastest].macs:.3g} "
+            f"MACs) {'measured' if measured else 'is predicted at'} {latency[fastest]:.2f} ms "
+            f"after {len(rounds)} round(s); rounds: "
+            + "; ".join(f"{r.budget_macs:.3g} MACs -> {t:.2f} ms" for r, t in zip(rounds, latency))
+            + ". Raise the budget, lower min_channels/round_to, or add int8 to the pipeline.")
+    chosen = max(fitting, key=latency.__getitem__)
+    search = LatencySearch(budget_latency_ms=budget_ms, rounds=tuple(rounds), chosen=chosen,
+                           met=True, in_window=latency[chosen] >= WINDOW * budget_ms,
+                           measured=measured)
+    return search, built[chosen]

@@ -1,0 +1,205 @@
+"""`tune`: measure a spread of kernels on the device and fit the target's cost model.
+
+Each probe is a one-op torch module (a conv of some shape, a norm, ...) that goes through the
+same trace -> (int8) -> lower -> measure path as `compile`, so what is fitted is what compile
+deploys. A probe's kernel time is its measured latency minus the per-call overhead (`call_overhead`:
+of the smallest program, a ReLU on one element). Kernels are grouped by "kind/dtype" and each
+group is fitted by `targets.roofline.fit_kernel`; the fit is saved where `targets.get` finds it.
+
+The spread is drawn from a fixed seed over kernel sizes, channel counts (aligned and not),
+strides and resolutions, so a tuned profile is reproducible on the same machine.
+"""
+
+from __future__ import annotations
+
+import datetime
+import random
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import targets as target_profiles
+from .ir import trace
+from .backends import Backend, get_backend
+from .measure import Latency, environment
+from .passes.quantize import quantize_int8
+from .progress import progress_bar
+from .targets import KernelFit, Target
+from .targets.roofline import MODEL_OVERHEAD, Kernel, fit_kernels, kernels, macs_proxy_fit
+
+Measure = Callable[[object, tuple], Latency]   # (GanGraph, inputs) -> latency on the device
+WIDTHS = (8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+RESOLUTIONS = (16, 32, 64, 128)
+
+
+@dataclass(frozen=True)
+class Probe:
+    label: str
+    module: nn.Module
+    inputs: tuple
+    int8: bool = False           # also measure it quantized (convs on int8 targets)
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    target: Target               # the profile with the fitted kernels
+    kernels: dict[str, KernelFit]
+    samples: dict[str, list[tuple[Kernel, float]]]
+    macs_proxy: dict[str, float]  # dtype -> seconds per MAC of the MACs-only proxy
+    path: Path | None
+
+
+class _Add(nn.Module):
+    def forward(self, a, b):
+        return a + b
+
+
+class _Cat(nn.Module):
+    def forward(self, a, b):
+        return torch.cat([a, b], dim=1)
+
+
+def _x(c: int, hw: int) -> torch.Tensor:
+    return torch.randn(1, c, hw, hw)
+
+
+def spread(target: Target, size: str = "full", seed: int = 0) -> list[Probe]:
+    """The probes to measure: "full" (~130, minutes) or "quick" (a few per kind, seconds)."""
+    rng = random.Random(seed)
+    n = {"full": 1, "quick": 0}[size]
+    int8 = "int8" in target.precisions and "quantize_int8" in target.passes
+    probes: list[Probe] = []
+
+    def conv_probe(cin, cout, k, stride, hw):
+        macs = cin * cout * k * k * (hw // stride) ** 2
+        return None if not 2e5 <= macs <= 8e8 else Probe(
+            f"conv k{k} s{stride} {cin}->{cout} @{hw}",
+            nn.Conv2d(cin, cout, k, stride, k // 2), (_x(cin, hw),), int8)
+
+    while len(probes) < (48 if n else 6):
+        k = rng.choices((1, 3, 7), (3, 6, 1))[0]
+        cin = rng.choice((3, *WIDTHS)) if k == 7 else rng.choice(WIDTHS)
+        p = conv_probe(cin, rng.choice(WIDTHS), k, rng.choice((1, 1, 2)), rng.choice(RESOLUTIONS))
+        if p is not None:
+            probes.append(p)
+    for _ in range(10 if n else 2):
+        c, hw = rng.choice(WIDTHS[1:]), rng.choice(RESOLUTIONS)
+        probes.append(Probe(f"depthwise 3x3 {c} @{hw}", nn.Conv2d(c, c, 3, 1, 1, groups=c),
+                            (_x(c, hw),), int8))
+    for _ in range(12 if n else 2):
+        cin, cout, hw = rng.choice(WIDTHS), rng.choice(WIDTHS), rng.choice(RESOLUTIONS[:3])
+        k, pad, out_pad = rng.choice(((3, 1, 1), (4, 1, 0)))
+        probes.append(Probe(f"conv_transpose k{k} {cin}->{cout} @{hw}",
+                            nn.ConvTranspose2d(cin, cout, k, 2, pad, out_pad), (_x(cin, hw),)))
+    for _ in range(6 if n else 2):
+        fin, fout = rng.choice((64, 128, 256, 512)), rng.choice((256, 1024, 4096, 8192))
+        probes.append(Probe(f"linear {fin}->{fout}", nn.Linear(fin, fout), (torch.randn(1, fin),)))
+    elementwise = (("norm", lambda c: nn.InstanceNorm2d(c), 1),
+                   ("relu", lambda c: nn.ReLU(), 1), ("tanh", lambda c: nn.Tanh(), 1),
+                   ("leaky_relu", lambda c: nn.LeakyReLU(0.2), 1), ("add", lambda c: _Add(), 2),
+                   ("reflection_pad", lambda c: nn.ReflectionPad2d(1), 1),
+                   ("cat", lambda c: _Cat(), 2), ("upsample", lambda c: nn.Upsample(scale_factor=2), 1))
+    for name, make, arity in elementwise:
+        for _ in range(4 if n else 1):
+            c, hw = rng.choice(WIDTHS), rng.choice(RESOLUTIONS)
+            probes.append(Probe(f"{name} {c} @{hw}", make(c), tuple(_x(c, hw) for _ in range(arity))))
+    return probes
+
+
+def _probe_graphs(probe: Probe):
+    """(graph, int8 node names) for the probe in float, and quantized when it asks for int8."""
+    graph = trace(probe.module, probe.inputs)
+    yield graph, ()
+    if probe.int8:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # calibrating on the probe's own input is the point
+            result = quantize_int8(graph, calib_data=[probe.inputs])
+        yield result.graph, tuple(layer.node for layer in result.plan)
+
+
+def overhead_probes() -> tuple[Probe, Probe]:
+    """One and three ReLUs on one element: the difference is two tiny kernels, the rest of
+    the one-ReLU latency is what every call pays (session dispatch, input/output copies)."""
+    one = torch.randn(1, 1, 1, 1)
+    return (Probe("1 relu on one element", nn.Sequential(nn.ReLU()), (one,)),
+            Probe("3 relus on one element", nn.Sequential(nn.ReLU(), nn.Tanh(), nn.ReLU()), (one,)))
+
+
+def call_overhead(measure: Measure) -> float:
+    """Seconds every call pays beyond its kernels."""
+    t1, t3 = (measure(trace(p.module, p.inputs), p.inputs).median_ms / 1e3
+              for p in overhead_probes())
+    return max(t1 - max(t3 - t1, 0.0) / 2, 0.0)
+
+
+def tune(target: str | Target, *, measure: Measure | None = None, size: str = "full",
+         save: bool | Path = True, seed: int = 0) -> TuneResult:
+    """Measure `spread(target)` with `measure` (default: the target's measurement backend),
+    fit each kernel kind, and save the fitted profile (to `save` when it is a path)."""
+    profile = target_profiles.get(target, tuned=False)
+    measure = measure or default_measure(profile)
+    probes = spread(profile, size, seed)
+    overhead = call_overhead(measure)
+    samples: dict[str, list[tuple[Kernel, float]]] = {}
+    macs: dict[str, list[tuple[float, float]]] = {}
+    with progress_bar(f"tuning {profile.name}", total=len(probes)) as advance:
+        for probe in probes:
+            for graph, int8 in _probe_graphs(probe):
+                found = kernels(graph, profile, int8=int8)
+                if len(found) != 1:
+                    raise RuntimeError(f"tune probe {probe.label!r} traced to {len(found)} kernels "
+                                       f"({[k.kind for k in found]}), expected one")
+                kernel = found[0]
+                seconds = measure(graph, probe.inputs).median_ms / 1e3
+                kernel_seconds = max(seconds - overhead, 0.05 * seconds)
+                samples.setdefault(f"{kernel.kind}/{kernel.dtype}", []).append((kernel, kernel_seconds))
+                if kernel.kind in ("conv", "depthwise", "conv_transpose", "matmul"):
+                    macs.setdefault(kernel.dtype, []).append((_macs(graph), seconds))
+            advance()
+    fits = fit_kernels(samples)
+    fits[MODEL_OVERHEAD] = KernelFit(overhead_s=overhead, s_per_mac=0.0, s_per_byte=0.0, samples=1)
+    proxy = {dtype: macs_proxy_fit(rows) for dtype, rows in macs.items()}
+    path = None
+    if save:
+        meta = {"tuned_at": datetime.datetime.now().isoformat(timespec="seconds"),
+                "probes": len(probes), "size": size, "seed": seed,
+                "macs_proxy_s_per_mac": proxy, "environment": environment()}
+        path = target_profiles.save_tuned(profile, fits, meta,
+                                          save if isinstance(save, Path) else None)
+    fitted = profile.with_kernels(fits, str(path) if path else "tune (not saved)")
+    return TuneResult(target=fitted, kernels=fits, samples=samples, macs_proxy=proxy, path=path)
+
+
+def _macs(graph) -> float:
+    return float(max(graph.macs, 1))
+
+
+def default_measure(target: Target) -> Measure:
+    """The target's measurement backend as a (graph, inputs) -> Latency function."""
+    if target.measurement == "cost-model":
+        raise ValueError(f"target {target.name!r} has no local measurement backend (its profile "
+                         f"says 'cost-model'): pass measure=backend_measure(TvmRpcBackend(...)) "
+                         f"for your board, or run `gcc-gan tune --rpc HOST:PORT:KEY`")
+    return backend_measure(get_backend(target.measurement))
+
+
+def backend_measure(backend: Backend) -> Measure:
+    threads = torch.get_num_threads()
+    # enough calls for stable quartiles on kernels of a few microseconds
+    return lambda graph, inputs: backend.measure(graph, inputs, threads=threads, repeats=20,
+                                                 calib=[inputs])
+
+
+def rpc_measure(target: Target, spec: str) -> Measure:
+    """Measure on a board through a TVM RPC tracker given as HOST:PORT:KEY."""
+    host, port, key = (spec.split(":") + ["", "", ""])[:3]
+    if not (host and port.isdigit() and key):
+        raise ValueError(f"--rpc {spec!r} must be HOST:PORT:KEY, e.g. 127.0.0.1:9190:pixel")
+    if not target.tvm_target:
+        raise ValueError(f"target {target.name!r} has no tvm_target to build for the board")
+    return backend_measure(get_backend("tvm-rpc", tracker_host=host, tracker_port=int(port),
+                                       key=key, target=dict(target.tvm_target)))

@@ -1,0 +1,216 @@
+"""Per-layer latency model for CPUs and GPUs: a roofline made linear, fitted per kernel kind.
+
+A kernel's time is overhead + work/peak + bytes/bandwidth + weights * c (`KernelFit`); the
+sum, rather than the max, of compute and memory time keeps the model linear in its
+coefficients, so `tune` can fit it to measured kernels by non-negative least squares on
+relative error. Efficiency depends on alignment and shape through the features:
+
+    work    = MACs * pad(Cin/g)/(Cin/g) * pad(Cout)/Cout   pad(c) = c rounded up to the target's
+              (convs, matmuls)                              channel alignment, for c >= alignment
+            = elements                                     (norms, pointwise ops)
+    nbytes  = 4 * (input + output elements)                activations cross memory in fp32
+    weights = weight elements                              packing + few-pixels inefficiency
+
+A program's latency is the sum over its kernels plus one per-call overhead (`model/overhead`).
+Views cost nothing; ops with no kernel kind (unknown ops) are listed, never guessed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import nnls
+from torch import fx
+
+from gcc_gan.ir import edit, ops
+from gcc_gan.ir.meta import arg
+from gcc_gan.ir.shapes import BatchOneShapes
+
+from . import KernelFit, Target
+
+KINDS = ("conv", "depthwise", "conv_transpose", "matmul", "norm", "pointwise", "movement")
+MODEL_OVERHEAD = "model/overhead"   # a kernel key whose overhead_s is the per-call cost
+_POINTWISE = {"activation", "arithmetic", "resample", "reduction"}
+_MAC_KINDS = {"conv", "depthwise", "conv_transpose", "matmul"}
+_MAC_COST_KINDS = {"conv", "conv_transpose", "matmul"}   # gcc_gan.cost node kinds
+
+
+@dataclass(frozen=True)
+class Kernel:
+    node: str
+    module: str
+    kind: str          # one of KINDS
+    dtype: str         # "fp32", "int8", ...
+    work: float
+    nbytes: float
+    weights: float
+
+    def features(self) -> np.ndarray:
+        return np.array([1.0, self.work, self.nbytes, self.weights])
+
+
+@dataclass(frozen=True)
+class LayerEstimate:
+    node: str
+    module: str
+    kind: str
+    dtype: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Prediction:
+    seconds: float
+    layers: tuple[LayerEstimate, ...]
+    fitted: bool                 # every kernel kind used had a measured fit
+    source: str                  # "datasheet" or the tuned profile's path
+
+    @property
+    def ms(self) -> float:
+        return self.seconds * 1e3
+
+
+def _padded(c: int, align: int) -> int:
+    return -(-c // align) * align if c >= align else c
+
+
+@dataclass(frozen=True)
+class Geometry:
+    kind: str            # conv, depthwise, conv_transpose, matmul
+    cin_g: int           # input channels per group (the reduction's channel part)
+    cout: int
+    weights: int
+    groups: int = 1
+    kernel: int = 1      # kernel positions (kh * kw)
+
+
+def layer_geometry(node: fx.Node, cost_kind: str, shapes: BatchOneShapes) -> Geometry | None:
+    """Channels and weight count of a conv/matmul node at batch 1 (a modulated conv's
+    computed weight has the batch in its shape: `shapes` evaluates it without guarding)."""
+    if len(node.args) < 2 or not isinstance(node.args[1], fx.Node):
+        return None
+    w, x = shapes.shape(node.args[1]), shapes.shape(node.args[0])
+    weights = math.prod(w)
+    if cost_kind == "matmul":
+        return Geometry("matmul", w[-1], w[0] if len(w) > 1 else 1, weights)
+    cin = x[1]
+    if edit.is_transposed(node):   # weight (Cin, Cout/g, k...)
+        groups = max(cin // max(w[0] // max(_groups_arg(node), 1), 1), 1)
+        return Geometry("conv_transpose", w[0] // groups, w[1] * groups, weights, groups,
+                        math.prod(w[2:]))
+    groups = max(cin // w[1], 1)
+    kind = "depthwise" if groups > 1 and groups == cin else "conv"
+    return Geometry(kind, w[1], w[0], weights, groups, math.prod(w[2:]))
+
+
+def _groups_arg(node: fx.Node) -> int:
+    index = 8 if ops.packet(node.target) in ops.Conv else 6   # aten.convolution vs conv_transpose
+    groups = arg(node, index, "groups", 1)
+    return groups if isinstance(groups, int) else 1
+
+
+def _alignment_factor(g: Geometry, align: int) -> float:
+    if g.kind == "matmul":
+        return 1.0
+    out = _padded(g.cout, align) / g.cout
+    return out if g.kind == "depthwise" else out * _padded(g.cin_g, align) / g.cin_g
+
+
+def kernels(graph, target: Target, *, int8: Iterable[str] = (),
+            structured_sparse: Iterable[str] = ()) -> list[Kernel]:
+    """The kernels a program runs, one per costed node that moves or computes data.
+
+    `structured_sparse` names convs whose N:M masks the target's kernels skip (2:4 on sparse
+    tensor cores): their work is scaled by the kept fraction."""
+    int8, sparse = set(int8), set(structured_sparse)
+    fx_nodes = {n.name: n for n in graph.module.graph.nodes}
+    shapes = BatchOneShapes(graph.module)
+    align = max(target.channel_alignment, 1)
+    out = []
+    for nc in graph.cost.nodes:
+        if nc.kind == "movement" and nc.act_bytes == 0:
+            continue   # views: no kernel (in-place pointwise ops still run one)
+        out_elems = math.prod(nc.out_shape) if nc.out_shape else 0
+        in_elems = sum(math.prod(s) for s in nc.in_shapes if s)
+        geometry = layer_geometry(fx_nodes[nc.name], nc.kind, shapes) if nc.kind in _MAC_COST_KINDS else None
+        if geometry is not None:
+            kind, weights = geometry.kind, geometry.weights
+            work = nc.macs * _alignment_factor(geometry, align) * (0.5 if nc.name in sparse else 1)
+        elif nc.kind in _POINTWISE or nc.kind in ("norm", "movement"):
+            kind = "pointwise" if nc.kind in _POINTWISE else nc.kind
+            weights, work = 0, nc.elementwise or out_elems
+        else:
+            continue
+        dtype = "int8" if nc.name in int8 and kind in _MAC_KINDS else "fp32"
+        out.append(Kernel(node=nc.name, module=nc.module, kind=kind, dtype=dtype, work=work,
+                          nbytes=4.0 * (in_elems + out_elems), weights=weights))
+    return out
+
+
+def datasheet_fit(target: Target, kind: str, dtype: str) -> KernelFit:
+    """The fit a profile's figures imply: overhead, 1/peak, 1/bandwidth, weights read once."""
+    peak = target.peak_macs_per_s.get(dtype) or target.peak_macs_per_s.get("fp32")
+    bandwidth = target.bandwidth_bytes_per_s
+    weight_bytes = 1 if dtype == "int8" else 4
+    per_elem = 1.0 / peak if kind in ("norm", "pointwise") else 0.0
+    return KernelFit(overhead_s=target.op_overhead_s,
+                     s_per_mac=1.0 / peak if kind in _MAC_KINDS else per_elem,
+                     s_per_byte=1.0 / bandwidth,
+                     s_per_weight=weight_bytes / bandwidth if kind in _MAC_KINDS else 0.0)
+
+
+def fit_for(target: Target, kind: str, dtype: str) -> tuple[KernelFit, bool]:
+    """The tuned fit of a kernel kind when there is one, else the datasheet's (and False)."""
+    tuned = target.kernels.get(f"{kind}/{dtype}")
+    return (tuned, True) if tuned is not None else (datasheet_fit(target, kind, dtype), False)
+
+
+def predict(graph, target: Target, *, int8: Iterable[str] = (),
+            structured_sparse: Iterable[str] = ()) -> Prediction:
+    """Predicted latency of one call of `graph` on `target`, per layer and in total."""
+    layers, fitted = [], True
+    for k in kernels(graph, target, int8=int8, structured_sparse=structured_sparse):
+        fit, measured = fit_for(target, k.kind, k.dtype)
+        fitted &= measured
+        layers.append(LayerEstimate(k.node, k.module, k.kind, k.dtype,
+                                    fit.seconds(k.work, k.nbytes, k.weights)))
+    call = target.kernels.get(MODEL_OVERHEAD)
+    total = sum(layer.seconds for layer in layers) + (call.overhead_s if call else 0.0)
+    return Prediction(seconds=total, layers=tuple(layers), fitted=fitted and call is not None,
+                      source=target.tuned or "datasheet")
+
+
+def macs_proxy_fit(samples: Iterable[tuple[float, float]]) -> float:
+    """Seconds per MAC of the best MACs-only proxy (t = c * MACs) on (macs, seconds) samples,
+    fitted on relative error like the kernel fits: the baseline the cost model is judged by."""
+    macs, seconds = (np.array(v, dtype=float) for v in zip(*samples))
+    r = macs / seconds   # minimises sum((c * r - 1)^2)
+    return float(np.sum(r) / np.sum(r ** 2))
+
+
+def fit_kernel(features: np.ndarray, seconds: np.ndarray) -> KernelFit:
+    """Non-negative least squares of seconds on features, weighted to minimise relative error.
+
+    Features are scaled to unit columns first (MACs and bytes differ by orders of magnitude);
+    columns that are all zero (pointwise kernels have no weights) get a zero coefficient.
+    """
+    a = features / seconds[:, None]
+    scale = np.linalg.norm(a, axis=0)
+    scale[scale == 0] = 1.0
+    coef, _ = nnls(a / scale, np.ones(len(seconds)))
+    coef = coef / scale
+    predicted = features @ coef
+    rel = np.abs(predicted - seconds) / seconds
+    return KernelFit(overhead_s=float(coef[0]), s_per_mac=float(coef[1]),
+                     s_per_byte=float(coef[2]), s_per_weight=float(coef[3]),
+                     samples=len(seconds), median_rel_error=float(np.median(rel)))
+
+
+def fit_kernels(samples: Mapping[str, list[tuple[Kernel, float]]]) -> dict[str, KernelFit]:
+    """One fit per "kind/dtype" key from (kernel, measured kernel seconds) samples."""
+    return {key: fit_kernel(np.stack([k.features() for k, _ in rows]),
+                            np.array([s for _, s in rows]))
+            for key, rows in samples.items() if rows}

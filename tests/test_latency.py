@@ -1,0 +1,90 @@
+"""The latency budget search: cost model first, measured rounds correct it."""
+
+from dataclasses import dataclass
+
+import pytest
+
+import gcc_gan
+from gcc_gan import zoo
+from gcc_gan.latency import MAX_ROUNDS, WINDOW, Candidate, search_latency
+from gcc_gan.search import BudgetError
+
+FULL = 10_000_000
+FLOOR = 500_000       # pruning cannot go below this many MACs
+
+
+@dataclass
+class Fake:
+    macs: int
+
+
+def prune(budget):
+    if budget < FLOOR:
+        raise BudgetError("below the smallest reachable")
+    return Fake(macs=min(int(budget), FULL))
+
+
+def model_ms(graph):            # the cost model: 1 ms per 1e6 MACs + 0.5 ms
+    return graph.macs / 1e6 + 0.5
+
+
+def device(scale, offset=0.0):  # the real device: a different slope and offset
+    def measure(budget, graph):
+        return model_ms(graph) * scale + offset, ("built", graph.macs)
+    return measure
+
+
+@pytest.mark.parametrize("budget, scale, offset", [(8.0, 1.0, 0.0), (8.0, 1.6, 0.0),
+                                                   (4.0, 0.5, 0.0), (8.0, 1.3, 2.0)])
+def test_measured_rounds_land_in_the_window(budget, scale, offset):
+    search, built = search_latency(budget, Candidate(prune, model_ms), full_macs=FULL,
+                                   measure_ms=device(scale, offset))
+    chosen = search.rounds[search.chosen]
+    assert search.met and search.in_window and search.measured
+    assert WINDOW * budget <= chosen.measured_ms <= budget
+    assert len(search.rounds) <= MAX_ROUNDS and built == ("built", chosen.macs)
+    assert search.rounds[0].correction == 1.0
+
+
+def test_an_exact_model_needs_one_round():
+    search, _ = search_latency(6.0, Candidate(prune, model_ms), full_macs=FULL,
+                               measure_ms=device(1.0))
+    assert len(search.rounds) == 1
+
+
+def test_a_fast_enough_unpruned_model_is_kept_whole():
+    search, built = search_latency(100.0, Candidate(prune, model_ms), full_macs=FULL,
+                                   measure_ms=device(1.0))
+    assert built == ("built", FULL) and search.met and not search.in_window
+    assert len(search.rounds) == 1
+
+
+def test_an_unreachable_budget_says_what_was_measured():
+    with pytest.raises(BudgetError, match=r"latency budget 0.5 ms not met: .* measured"):
+        search_latency(0.5, Candidate(prune, model_ms), full_macs=FULL, measure_ms=device(1.0))
+
+
+def test_without_a_device_the_cost_model_decides_in_one_round():
+    search, graph = search_latency(4.0, Candidate(prune, model_ms), full_macs=FULL,
+                                   measure_ms=None)
+    assert len(search.rounds) == 1 and not search.measured
+    assert search.rounds[0].measured_ms is None and model_ms(graph) <= 4.0
+
+
+def test_a_nonpositive_budget_is_refused():
+    with pytest.raises(ValueError, match="must be positive"):
+        search_latency(0, Candidate(prune, model_ms), full_macs=FULL, measure_ms=None)
+
+
+def test_compile_to_a_latency_budget_on_a_predicted_target():
+    """arm has no board attached: the cost model decides, and the report says so."""
+    model, x = zoo.build("resnet"), zoo.example_inputs("resnet")
+    dense = gcc_gan.compile(model, "arm", example_inputs=x, measure=False)   # no budget: no pruning
+    budget = 0.95 * dense.report.cost_model["predicted_ms"]
+    out = gcc_gan.compile(model, "arm", budget_latency_ms=budget, example_inputs=x,
+                          measure=False, round_to=1)
+    s = out.report.latency_search
+    assert s["measured"] is False and len(s["rounds"]) == 1
+    assert s["rounds"][0]["predicted_ms"] <= budget
+    assert out.report.macs_after < out.report.macs_before
+    assert "Latency budget" in out.report.to_markdown()
