@@ -17,6 +17,7 @@ attached backend) or predicted (the cost model; the report says which).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from collections.abc import Iterable, Mapping
@@ -31,6 +32,7 @@ from torch import nn
 from . import targets as target_profiles
 from .backends import Backend, OnnxRuntimeBackend, get_backend
 from .channels import analyze_channels
+from .encode import save_compressed, weight_annotations
 from .ir import GanGraph, trace
 from .ir.trace import copy_module
 from .latency import Candidate, LatencySearch, search_latency
@@ -39,7 +41,6 @@ from .measure import Latency, environment, time_torch
 from .passes.quantize import QuantConfig
 from .pipeline import (PASSES, as_batches, fidelity_vs, layer_changes, meet_floor, prune_config,
                        run_pass, run_passes)
-from .encode import save_compressed, weight_annotations
 from .progress import steps
 from .report import CompileReport, jsonable
 from .size import size_table
@@ -111,7 +112,6 @@ class _Built:
     graph: GanGraph
     entries: list
     lowered: OnnxModel
-    float_graph: GanGraph | None
     int8_psnr: float | None
 
 
@@ -141,7 +141,9 @@ def compile(model: nn.Module, target: str | target_profiles.Target = "x86", *,
     configs = dict(configs or {})
     if backend is None and profile.measurement != "cost-model":
         backend = get_backend(profile.measurement)
-    configs.setdefault("quantize_int8", QuantConfig(min_psnr=min_psnr))
+    quant = configs.get("quantize_int8", QuantConfig())
+    configs["quantize_int8"] = (quant if min_psnr is None
+                                else dataclasses.replace(quant, min_psnr=min_psnr))
     has_budget = any(b is not None for b in (budget_macs, ratio, budget_latency_ms))
     if "prune_channels" in pipeline and not has_budget:
         pipeline.remove("prune_channels")
@@ -156,11 +158,11 @@ def compile(model: nn.Module, target: str | target_profiles.Target = "x86", *,
         with step(", ".join(pipeline[:cut]) or "no passes before pruning"):
             pre, pre_entries, _ = run_passes(pipeline[:cut], original, profile, configs, calib)
 
-        def build(budget: float | None, pruned: GanGraph | None = None) -> _Built:
+        def build(budget: float | None) -> _Built:
             graph, entries = pre, list(pre_entries)
             if cut < len(pipeline):
-                prune = configs.get("prune_channels") or prune_config(
-                    budget, None, min_channels, round_to, profile)
+                prune = prune_config(budget, min_channels, round_to, profile,
+                                     configs.get("prune_channels"))
                 graph, entry = run_pass("prune_channels", pre, profile, prune, calib)
                 entries.append(entry)
             graph, rest, float_graph = run_passes(pipeline[cut + 1:], graph, profile, configs, calib)
@@ -171,13 +173,14 @@ def compile(model: nn.Module, target: str | target_profiles.Target = "x86", *,
                 graph, lowered, int8_psnr, rest[q] = meet_floor(
                     float_graph, graph, lowered, rest[q], profile, configs["quantize_int8"],
                     calib, inputs)
-            return _Built(graph, entries + rest, lowered, float_graph, int8_psnr)
+            return _Built(graph, entries + rest, lowered, int8_psnr)
 
         if budget_latency_ms is not None:
             with step(f"searching for {budget_latency_ms} ms on {profile.name}"):
-                search, built = _latency_search(pre, profile, budget_latency_ms, build, inputs,
-                                                min_channels, round_to,
-                                                backend if measure else None, calib)
+                search, built = _latency_search(
+                    pre, profile, budget_latency_ms, build, inputs, backend if measure else None,
+                    calib, lambda budget: prune_config(budget, min_channels, round_to, profile,
+                                                       configs.get("prune_channels")))
             budget_macs = search.rounds[search.chosen].budget_macs
         else:
             with step(", ".join(pipeline[cut:]) + ", lowering to ONNX"):
@@ -231,13 +234,11 @@ def compile(model: nn.Module, target: str | target_profiles.Target = "x86", *,
     return compiled
 
 
-def _latency_search(pre: GanGraph, profile, budget_ms, build, inputs, min_channels, round_to,
-                    backend, calib):
+def _latency_search(pre: GanGraph, profile, budget_ms, build, inputs, backend, calib, config):
     """Prune `pre` to the MACs budget whose latency on `profile` fits `budget_ms`, measuring
     each round on `backend` (None: the cost model decides alone)."""
     def prune(budget):
-        graph, _ = run_pass("prune_channels", pre, profile,
-                            prune_config(budget, None, min_channels, round_to, profile))
+        graph, _ = run_pass("prune_channels", pre, profile, config(budget))
         return graph
 
     def predict_ms(graph):

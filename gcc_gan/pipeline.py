@@ -34,9 +34,12 @@ PASSES = {"fold_norms": fold_norms, "deconv_to_subpixel": deconv_to_subpixel,
 FLOOR_RETRIES = 3
 
 
-def prune_config(budget_macs, ratio, min_channels, round_to, target) -> PruneConfig:
-    return PruneConfig(budget_macs=budget_macs, ratio=ratio, min_channels=min_channels,
-                       round_to=round_to or target.channel_alignment)
+def prune_config(budget_macs, min_channels, round_to, target, base: PruneConfig | None = None
+                 ) -> PruneConfig:
+    """The prune pass's config for a MACs budget; `base` (the caller's) keeps its importance."""
+    settings = dict(budget_macs=budget_macs, ratio=None, min_channels=min_channels,
+                    round_to=round_to or target.channel_alignment)
+    return dataclasses.replace(base, **settings) if base else PruneConfig(**settings)
 
 
 def run_pass(name: str, graph: GanGraph, target, config=None, calib=None
