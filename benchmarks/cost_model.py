@@ -63,7 +63,10 @@ def deployed(graph, x, ratio):
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--reuse", action="store_true", help="keep an existing tuned profile")
+    parser.add_argument("--threads", type=int, help="torch/ONNX Runtime threads (default: all)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
     console = Console(width=170)
     threads = torch.get_num_threads()

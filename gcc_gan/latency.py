@@ -109,6 +109,8 @@ def search_latency(budget_ms: float, candidate: Candidate, *, full_macs: int,
     lo = max(full_macs * min_fraction, 1.0)
     for index in range(MAX_ROUNDS if measure_ms else 1):
         budget = largest_budget(candidate, AIM * budget_ms, correction, lo, full_macs)
+        if rounds and budget == rounds[-1].budget_macs and rounds[-1].measured_ms > budget_ms:
+            break   # the same model again, already measured too slow: nothing left to try
         found = candidate(budget)
         if found is None:
             raise BudgetError(f"no prunable model reaches {budget_ms} ms: pruning cannot go "
@@ -137,7 +139,8 @@ def _choose(budget_ms, rounds, built, measured):
             f"MACs) {'measured' if measured else 'is predicted at'} {latency[fastest]:.2f} ms "
             f"after {len(rounds)} round(s); rounds: "
             + "; ".join(f"{r.budget_macs:.3g} MACs -> {t:.2f} ms" for r, t in zip(rounds, latency))
-            + ". Raise the budget, lower min_channels/round_to, or add int8 to the pipeline.")
+            + ". Raise the budget or lower min_channels/round_to: the rest of the time is in "
+              "layers pruning does not shrink (see the report's cost model per layer).")
     chosen = max(fitting, key=latency.__getitem__)
     search = LatencySearch(budget_latency_ms=budget_ms, rounds=tuple(rounds), chosen=chosen,
                            met=True, in_window=latency[chosen] >= WINDOW * budget_ms,

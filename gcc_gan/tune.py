@@ -68,7 +68,7 @@ def _x(c: int, hw: int) -> torch.Tensor:
 
 
 def spread(target: Target, size: str = "full", seed: int = 0) -> list[Probe]:
-    """The probes to measure: "full" (~130, minutes) or "quick" (a few per kind, seconds)."""
+    """The probes to measure: "full" (108 probes, minutes) or "quick" (a few per kind, seconds)."""
     rng = random.Random(seed)
     n = {"full": 1, "quick": 0}[size]
     int8 = "int8" in target.precisions and "quantize_int8" in target.passes

@@ -88,3 +88,15 @@ def test_compile_to_a_latency_budget_on_a_predicted_target():
     assert s["rounds"][0]["predicted_ms"] <= budget
     assert out.report.macs_after < out.report.macs_before
     assert "Latency budget" in out.report.to_markdown()
+
+
+def test_a_too_slow_model_is_never_measured_twice():
+    calls = []
+
+    def slow(budget, graph):
+        calls.append(budget)
+        return 100.0, graph
+
+    with pytest.raises(BudgetError, match="not met"):
+        search_latency(8.0, Candidate(prune, model_ms), full_macs=FULL, measure_ms=slow)
+    assert len(calls) == 2 and FLOOR <= calls[1] < 1.01 * FLOOR < calls[0]
