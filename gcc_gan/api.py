@@ -42,9 +42,10 @@ from .passes.quantize import QuantConfig
 from .pipeline import (PASSES, as_batches, fidelity_vs, layer_changes, meet_floor, prune_config,
                        run_pass, run_passes)
 from .progress import steps
-from .report import CompileReport, jsonable
+from .report import CompileReport, PassEntry, jsonable
 from .size import size_table
 from .targets.estimate import estimate
+from .train.distill import DistillConfig, distill
 
 FIDELITY_BATCHES = 8  # calibration batches compared against the original for the report
 
@@ -121,7 +122,9 @@ def compile(model: nn.Module, target: str | target_profiles.Target = "x86", *,
             calib_data: Iterable | None = None, passes: list[str] | None = None,
             configs: Mapping[str, Any] | None = None, output_dir: str | Path | None = None,
             min_channels: int = 1, round_to: int | None = None, min_psnr: float | None = None,
-            measure: bool = True, backend: Backend | None = None) -> CompiledGenerator:
+            measure: bool = True, backend: Backend | None = None,
+            finetune: DistillConfig | None = None, finetune_data: Iterable | None = None
+            ) -> CompiledGenerator:
     """Compress `model` for `target` to a MACs budget (`budget_macs`, or `ratio` of its MACs)
     or a latency budget (`budget_latency_ms`: searched with the target's cost model and
     corrected by measurements on the target, at most 4 rounds).
@@ -132,6 +135,9 @@ def compile(model: nn.Module, target: str | target_profiles.Target = "x86", *,
     passes without a top-level argument (e.g. {"quantize_int8": QuantConfig(per_channel=True)}).
     `backend` measures on a device the target's profile does not reach by itself, e.g.
     `gcc_gan.backends.TvmRpcBackend(...)` for a board behind a TVM RPC tracker.
+    `finetune=DistillConfig(...)` distils the pruned program from the original (CAT's kernel
+    alignment on matched feature maps + reconstruction) on `finetune_data` (batches of inputs,
+    default: calib_data) right after pruning, before int8 calibration.
     """
     start = time.perf_counter()
     inputs, profile, pipeline = _check_call(model, target, budget_macs, ratio, budget_latency_ms,
@@ -165,6 +171,10 @@ def compile(model: nn.Module, target: str | target_profiles.Target = "x86", *,
                                      configs.get("prune_channels"))
                 graph, entry = run_pass("prune_channels", pre, profile, prune, calib)
                 entries.append(entry)
+                if finetune is not None:
+                    graph, entry = _finetune(graph, original, finetune, finetune_data or [
+                        b[0] if len(b) == 1 else b for b in calib or []])
+                    entries.append(entry)
             graph, rest, float_graph = run_passes(pipeline[cut + 1:], graph, profile, configs, calib)
             lowered = lower_onnx(graph, threads=torch.get_num_threads(), calib=calib)
             int8_psnr = None
@@ -253,6 +263,23 @@ def _latency_search(pre: GanGraph, profile, budget_ms, build, inputs, backend, c
     if backend is None:   # the cost model decided alone; build the chosen candidate
         result = build(search.rounds[search.chosen].budget_macs)
     return search, result
+
+
+def _finetune(graph: GanGraph, teacher: GanGraph, config: DistillConfig, data
+              ) -> tuple[GanGraph, PassEntry]:
+    if not data:
+        raise ValueError("finetune= needs data: pass finetune_data= (or calib_data=) batches "
+                         "of real inputs")
+    start = time.perf_counter()
+    result = distill(graph, teacher, data, config)
+    history = result.history
+    details = {"feature_pairs": len(result.pairs), "steps": history.steps,
+               "loss_first": history.mean(first=10) if history.records else None,
+               "loss_last": history.mean(last=10) if history.records else None}
+    return result.graph, PassEntry(name="finetune", settings=jsonable(config),
+                                   macs_before=graph.macs, macs_after=result.graph.macs,
+                                   params_before=graph.params, params_after=result.graph.params,
+                                   seconds=time.perf_counter() - start, details=details)
 
 
 def _time_built(backend: Backend, built: _Built, inputs, calib) -> Latency:

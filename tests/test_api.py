@@ -8,6 +8,7 @@ import torch
 
 import gcc_gan
 from gcc_gan import TraceError, zoo
+from gcc_gan.train import DistillConfig
 from gcc_gan.search import BudgetError
 
 NAMES = sorted(zoo.ZOO)
@@ -37,7 +38,12 @@ def test_every_zoo_model_compiles_at_25_percent(name, tmp_path):
     assert loaded.report == out.report
 
 
-@pytest.mark.parametrize("name", NAMES)
+# the float test above covers every model by default; these int8 runs are the slowest ones
+HEAVY_INT8 = {"spade", "inception", "rrdb_pixelshuffle", "sngan_sn"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY_INT8
+                                  else n for n in NAMES])
 def test_every_zoo_model_compiles_to_int8_at_25_percent(name, tmp_path):
     calib = [zoo.example_inputs(name, batch=2, seed=s) for s in range(2)]
     out = gcc_gan.compile(zoo.build(name), "x86", ratio=0.25, example_inputs=calib[0],
@@ -160,3 +166,31 @@ def test_arm_compile_saves_an_aarch64_library(tmp_path):
     assert out.report.lowering["tvm_target"]["mtriple"] == "aarch64-linux-gnu"
     assert any("cross-compiled" in n for n in out.report.notes)
     assert out.report.lowering["int8_layers"] > 0   # the ONNX artifact is int8 as on x86
+
+
+@pytest.mark.slow
+def test_compile_finetunes_the_pruned_program_from_the_original():
+    model, x = zoo.build("resnet"), zoo.example_inputs("resnet")
+    data = [zoo.example_inputs("resnet", batch=2, seed=s)[0] for s in range(4)]
+    plain = gcc_gan.compile(model, ratio=0.4, example_inputs=x, passes=FLOAT, round_to=TINY,
+                            measure=False, calib_data=[(b,) for b in data])
+    tuned = gcc_gan.compile(model, ratio=0.4, example_inputs=x, passes=FLOAT, round_to=TINY,
+                            measure=False, calib_data=[(b,) for b in data],
+                            finetune=DistillConfig(steps=30, lr=1e-3), finetune_data=data)
+    entry = tuned.report.passes[-1]
+    assert entry.name == "finetune" and entry.details["steps"] == 30
+    assert entry.details["loss_last"] < entry.details["loss_first"]
+    assert tuned.report.macs_after == plain.report.macs_after
+    assert tuned.report.fidelity["psnr"] > plain.report.fidelity["psnr"]
+
+
+def test_finetune_runs_after_pruning_and_before_int8():
+    model, x = zoo.build("resnet"), zoo.example_inputs("resnet")
+    data = [zoo.example_inputs("resnet", batch=2, seed=s)[0] for s in range(2)]
+    out = gcc_gan.compile(model, ratio=0.4, example_inputs=x, round_to=TINY, measure=False,
+                          calib_data=[(b,) for b in data], finetune=DistillConfig(steps=3))
+    names = [p.name for p in out.report.passes]
+    assert names[names.index("prune_channels") + 1] == "finetune" and names[-1] == "quantize_int8"
+    with pytest.raises(ValueError, match="finetune= needs data"):
+        gcc_gan.compile(model, ratio=0.4, example_inputs=x, passes=FLOAT, round_to=TINY,
+                        measure=False, finetune=DistillConfig(steps=2))
