@@ -32,6 +32,8 @@ from gcc_gan.quant import quant_plan
 from gcc_gan.targets.roofline import predict
 from gcc_gan.tune import tune
 
+from common import parse_threads  # noqa: E402  (benchmarks/ is on sys.path)
+
 RESULTS = Path(__file__).parent / "results" / "cost_model.json"
 WITHIN = 0.10
 # (zoo name, factory kwargs, input shape): none of these ran during tuning
@@ -63,10 +65,7 @@ def deployed(graph, x, ratio):
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--reuse", action="store_true", help="keep an existing tuned profile")
-    parser.add_argument("--threads", type=int, help="torch/ONNX Runtime threads (default: all)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_threads(parser)
     warnings.simplefilter("ignore")
     console = Console(width=170)
     threads = torch.get_num_threads()

@@ -10,7 +10,6 @@ benchmarks/results/latency_budget.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import warnings
 from pathlib import Path
@@ -20,25 +19,20 @@ from rich.console import Console
 from rich.table import Table
 
 import gcc_gan
-from gcc_gan import targets, zoo
+from gcc_gan import targets
 from gcc_gan.search import BudgetError
+
+from common import parse_threads, resnet9_workload  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "latency_budget.json"
 BUDGETS_MS = (40.0, 15.0)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--threads", type=int, help="torch/ONNX Runtime threads (default: all)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    parse_threads()
     warnings.simplefilter("ignore")
     console = Console(width=160)
-    model = zoo.build("resnet", "standard")
-    x = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(1))
-    calib = [(torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(s)),)
-             for s in range(4)]
+    model, x, calib = resnet9_workload()
     profile = targets.get("x86")
     console.print(f"x86 cost model: {profile.tuned or 'datasheet (run gcc-gan tune --target x86)'}")
     results = []

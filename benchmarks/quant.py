@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 import gcc_gan
-from gcc_gan import targets, trace, zoo
+from gcc_gan import targets, trace
 from gcc_gan.lower import lower_onnx
 from gcc_gan.measure import time_call, time_torch
 from gcc_gan.metrics import psnr
@@ -28,6 +28,8 @@ from gcc_gan.passes.channel_prune import PruneConfig, prune_channels
 from gcc_gan.passes.deconv_to_subpixel import deconv_to_subpixel
 from gcc_gan.passes.fold_norms import fold_norms
 from gcc_gan.passes.quantize import quantize_int8
+
+from common import resnet9_workload  # noqa: E402  (benchmarks/ is on sys.path)
 
 RESULTS = Path(__file__).parent / "results" / "quant.json"
 REPEATS = 10
@@ -52,10 +54,7 @@ def variant(name: str, graph, subpixel: bool, calib, x) -> dict:
 def main() -> None:
     warnings.simplefilter("ignore")
     console = Console(width=160)
-    model = zoo.build("resnet", "standard")
-    x = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(1))
-    calib = [(torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(s)),)
-             for s in range(4)]
+    model, x, calib = resnet9_workload()
     dense = fold_norms(trace(model, (x,))).graph
     align = targets.get("x86").channel_alignment
     pruned = prune_channels(dense, config=PruneConfig(budget_macs=3e9, round_to=align)).graph

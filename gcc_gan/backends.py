@@ -25,7 +25,6 @@ import traceback
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 
 from .ir import GanGraph

@@ -13,7 +13,6 @@ import pytest
 
 from gcc_gan import trace, zoo
 from gcc_gan.backends import BACKENDS, OnnxRuntimeBackend, get_backend
-from gcc_gan.measure import Latency
 from gcc_gan.lower import LoweringError, TvmUnavailable
 from gcc_gan.measure import Latency
 
