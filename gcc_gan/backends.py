@@ -19,6 +19,7 @@ need TVM raise `TvmUnavailable` (an ImportError) naming ``pip install 'gcc-gan[t
 from __future__ import annotations
 
 import dataclasses
+from abc import ABC, abstractmethod
 import gc
 import tempfile
 import traceback
@@ -33,17 +34,19 @@ from .lower.tvm import check_outputs, require_tvm
 from .measure import Latency, time_call, time_onnx
 
 
-class Backend:
+class Backend(ABC):
     """Lower once with `lower`, time as often as needed with `time`; `measure` does both."""
 
     name: ClassVar[str]
 
+    @abstractmethod
     def lower(self, graph: GanGraph, *, calib: list[tuple] | None = None) -> Any:
-        raise NotImplementedError
+        """The artifact this backend runs, built from `graph`."""
 
+    @abstractmethod
     def time(self, artifact: Any, inputs: tuple, *, threads: int, warmup: int = 2,
              repeats: int = 10) -> Latency:
-        raise NotImplementedError
+        """Latency of `artifact` on `inputs`."""
 
     def measure(self, graph: GanGraph, inputs: tuple, *, threads: int, warmup: int = 2,
                 repeats: int = 10, calib: list[tuple] | None = None) -> Latency:

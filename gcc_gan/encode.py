@@ -38,7 +38,7 @@ from .ir.meta import attr
 from .ir.trace import copy_module
 from .passes.binarize import WeightBits, bit_layers
 from .passes.kmeans_share import WeightShare, weight_shares
-from .passes.sparsify import layer_masks, set_weight
+from .passes.sparsify import layer_masks
 
 MAGIC, VERSION = b"GCCZ", 1
 MAX_LEN = 16
@@ -189,7 +189,7 @@ class CompressedModel:
             if tuple(old.shape) != value.shape:
                 raise ValueError(f"{name}: the artifact holds shape {value.shape}, the module "
                                  f"{tuple(old.shape)}: load it into the program it was saved from")
-            set_weight(out, name, torch.from_numpy(value.copy()))
+            edit.replace_stored(out, name, torch.from_numpy(value.copy()))
         return out
 
 

@@ -34,7 +34,7 @@ from gcc_gan.ir.meta import node_val
 from gcc_gan.ir.trace import copy_module
 from gcc_gan.metrics import psnr
 from gcc_gan.passes.kmeans_share import SHARE_KEY
-from gcc_gan.passes.sparsify import SPARSE_KEY, WeightLayer, rebuilt, set_weight, weight_layers
+from gcc_gan.passes.sparsify import SPARSE_KEY, WeightLayer, weight_layers
 
 BITS_KEY = "gcc_gan.weight_bits"  # node.meta key of a layer's WeightBits
 CRITERIA = ("redundancy", "sensitivity")
@@ -151,9 +151,9 @@ def _sensitivity(gm, layers, weights, inputs, reference) -> dict[str, float]:
     out = {}
     for layer in layers:
         w = weights[layer.weight]
-        set_weight(gm, layer.weight, torch.from_numpy(_bits(layer, w, 1, 0.0).dequantized()))
+        edit.replace_stored(gm, layer.weight, torch.from_numpy(_bits(layer, w, 1, 0.0).dequantized()))
         out[layer.weight] = psnr(_output(gm, inputs), reference)
-        set_weight(gm, layer.weight, torch.from_numpy(w))
+        edit.replace_stored(gm, layer.weight, torch.from_numpy(w))
     return out
 
 
@@ -190,14 +190,14 @@ def binarize(graph: GanGraph, target=None, config: BinarizeConfig = BinarizeConf
     for layer in chosen:
         w = weights[layer.weight]
         wb = _bits(layer, w, 1 if layer.weight in binary else 8, red[layer.weight])
-        set_weight(gm, layer.weight, torch.from_numpy(wb.dequantized()))
+        edit.replace_stored(gm, layer.weight, torch.from_numpy(wb.dequantized()))
         nodes[layer.node].meta[BITS_KEY] = wb
         bits_before += 32 * w.size
         bits_after += wb.bits * w.size + 32 * wb.scale.size
         entries.append({"node": layer.node, "module": layer.module, "bits": wb.bits,
                         "redundancy": wb.redundancy, "sensitivity_psnr": sens.get(layer.weight)})
     simulated = psnr(_output(gm, graph.example_inputs), reference) if entries else math.inf
-    new = rebuilt(graph, gm, f"binarized {len(binary)} layers, {len(entries) - len(binary)} at "
+    new = edit.retraced_keeping_annotations(graph, gm, f"binarized {len(binary)} layers, {len(entries) - len(binary)} at "
                              "8 bits") if entries else graph
     report = BinarizeReport(
         config=config, layers=tuple(entries), skipped=tuple(skipped), criterion=config.criterion,

@@ -192,10 +192,10 @@ def _fold(gm: fx.GraphModule, conv: fx.Node, bn: fx.Node, sig: _NormSig) -> list
         s = s * gamma
     b = edit.stored(gm, bias_node).detach().double() if bias_node is not None else torch.zeros_like(mean)
     new_b = (b - mean) * s + (beta if beta is not None else 0.0)
-    _set_attr(gm, weight_node.target,
+    edit.replace_stored(gm, weight_node.target,
               _scale_out_channels(w.detach().double(), s, edit.is_transposed(conv)).to(w.dtype))
     if bias_node is not None:
-        _set_attr(gm, bias_node.target, new_b.to(edit.stored(gm, bias_node).dtype))
+        edit.replace_stored(gm, bias_node.target, new_b.to(edit.stored(gm, bias_node).dtype))
     else:
         owner, name = _new_bias(gm, weight_node.target)
         new_b = new_b.to(w.dtype)
@@ -239,17 +239,6 @@ def _shared(gm: fx.GraphModule, a: fx.Node) -> bool:
     return any(n is not a and n.users and edit.stored(gm, n) is t
                for n in gm.graph.find_nodes(op="get_attr"))
 
-
-def _set_attr(gm: fx.GraphModule, target: str, value: torch.Tensor) -> None:
-    """Store `value` at `target`, as a parameter, buffer or plain tensor like the old one."""
-    owner, name = edit.owner(gm, target)
-    old = getattr(owner, name)
-    if isinstance(old, nn.Parameter):
-        setattr(owner, name, nn.Parameter(value, requires_grad=old.requires_grad))
-    elif name in owner._buffers:
-        owner._buffers[name] = value
-    else:
-        setattr(owner, name, value)
 
 
 def _new_bias(gm: fx.GraphModule, weight_target: str) -> tuple[nn.Module, str]:

@@ -32,7 +32,7 @@ import torch
 
 from gcc_gan.ir import GanGraph, edit
 from gcc_gan.ir.trace import copy_module
-from gcc_gan.passes.sparsify import SPARSE_KEY, rebuilt, set_weight, weight_layers
+from gcc_gan.passes.sparsify import SPARSE_KEY, weight_layers
 
 SHARE_KEY = "gcc_gan.weight_share"  # node.meta key of a layer's WeightShare
 INITS = ("linear", "quantile", "kmeans++")
@@ -305,7 +305,7 @@ def share_weights_kmeans(graph: GanGraph, target=None, config: KmeansConfig = Km
         share = WeightShare(layer.node, layer.module, layer.weight, config.bits, axis,
                             mask is not None, codebook, idx)
         shared = share.shared_weight()
-        set_weight(gm, layer.weight, torch.from_numpy(shared))
+        edit.replace_stored(gm, layer.weight, torch.from_numpy(shared))
         node.meta[SHARE_KEY] = share
         err = float(np.mean((shared.astype(np.float64) - w) ** 2))
         before += 4 * w.size
@@ -314,7 +314,7 @@ def share_weights_kmeans(graph: GanGraph, target=None, config: KmeansConfig = Km
                         "bits": config.bits, "codebooks": rows, "iterations": it,
                         "converged": converged,
                         "rel_mse": err / max(float(np.mean(w.astype(np.float64) ** 2)), 1e-30)})
-    new = rebuilt(graph, gm, f"k-means weight sharing: {len(entries)} layers at "
+    new = edit.retraced_keeping_annotations(graph, gm, f"k-means weight sharing: {len(entries)} layers at "
                              f"{config.bits} bits") if entries else graph
     report = KmeansReport(
         config=config, layers=tuple(entries), skipped=tuple(skipped), bits=config.bits,

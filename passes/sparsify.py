@@ -21,15 +21,14 @@ carries a `LayerMask` under node.meta[SPARSE_KEY]. Zeros save nothing on runtime
 sparse kernels (ONNX Runtime on CPU, eager torch): the masks pay off in storage
 (`gcc_gan.encode`) and on targets that list the pattern; the report says so.
 
-The shared helpers of the weight passes live here (the first of them in a pipeline):
-`weight_layers` finds the layers whose weight is a stored tensor, `rebuilt` retraces an edited
-copy and carries every ``gcc_gan.`` node annotation over to the new program.
+`weight_layers`, shared by the weight passes, finds the layers whose weight is a stored tensor;
+they end with `edit.retraced_keeping_annotations`, so each keeps the others' annotations.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -126,48 +125,6 @@ def weight_layers(gm: fx.GraphModule) -> tuple[list[WeightLayer], list[tuple[str
             layers.append(WeightLayer(node.name, source_module(node), w.target, kind,
                                       out_axis, in_axis))
     return layers, skipped
-
-
-def set_weight(gm: fx.GraphModule, target: str, value: torch.Tensor) -> None:
-    """Replace the stored tensor `target` of `gm` (a copy) by `value`, keeping its kind."""
-    module, name = edit.owner(gm, target)
-    old = getattr(module, name)
-    value = value.to(dtype=old.dtype)
-    if isinstance(old, torch.nn.Parameter):
-        setattr(module, name, torch.nn.Parameter(value, requires_grad=old.requires_grad))
-    elif name in module._buffers:
-        module._buffers[name] = value
-    else:
-        setattr(module, name, value)
-
-
-def rebuilt(graph: GanGraph, gm: fx.GraphModule, note: str) -> GanGraph:
-    """Retrace the edited copy `gm` and carry its ``gcc_gan.`` node annotations over, matched by
-    node name (re-export keeps names) and, failing that, by the weight the node reads."""
-    new = edit.retraced(graph, gm, note)
-    by_name = {n.name: n for n in new.graph.nodes}
-    by_weight = {n.args[1].target: n for n in new.graph.nodes if n.op == "call_function"
-                 and len(n.args) > 1 and isinstance(n.args[1], fx.Node)
-                 and n.args[1].op == "get_attr"}
-    lost = []
-    for node in gm.graph.nodes:
-        for key, value in node.meta.items():
-            if not key.startswith("gcc_gan."):
-                continue
-            weight = getattr(value, "weight", None)
-            dst = by_name.get(node.name)
-            if weight is not None and (dst is None or len(dst.args) < 2
-                                       or getattr(dst.args[1], "target", None) != weight):
-                dst = by_weight.get(weight)
-                if dst is not None and hasattr(value, "node"):
-                    value = replace(value, node=dst.name)
-            if dst is None:
-                lost.append(f"{key} on {node.name}")
-            else:
-                dst.meta[key] = value
-    if lost:
-        new.notes.append(f"annotations lost on re-export: {lost}")
-    return new
 
 
 @dataclass(frozen=True)
@@ -307,7 +264,7 @@ def sparsify(graph: GanGraph, target=None, config: SparsifyConfig = SparsifyConf
         if l.weight not in masks:
             continue
         mask, w = masks[l.weight], weights[l.weight]
-        set_weight(gm, l.weight, torch.from_numpy(np.where(mask, w, np.zeros_like(w))))
+        edit.replace_stored(gm, l.weight, torch.from_numpy(np.where(mask, w, np.zeros_like(w))))
         kept = int(mask.sum())
         nodes[l.node].meta[SPARSE_KEY] = LayerMask(l.node, l.module, l.weight, pattern,
                                                    kept / mask.size, mask)
@@ -320,7 +277,7 @@ def sparsify(graph: GanGraph, target=None, config: SparsifyConfig = SparsifyConf
     note = ("no speedup is claimed: ONNX Runtime on CPU and eager torch run dense kernels and "
             "compute the zeros; the masks shrink storage once encoded (gcc_gan.encode) and pay "
             f"in time only on a runtime with {pattern} sparse kernels")
-    new = rebuilt(graph, gm, f"sparsified {len(entries)} layers ({pattern}, "
+    new = edit.retraced_keeping_annotations(graph, gm, f"sparsified {len(entries)} layers ({pattern}, "
                              f"density {density:.3f})") if entries else graph
     report = SparsifyReport(
         config=config, layers=tuple(entries), dense_layers=tuple(dense), pattern=pattern,

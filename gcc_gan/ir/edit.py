@@ -7,6 +7,8 @@ program again: every shape is re-derived, and an inconsistent edit fails there, 
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import fx, nn
 
@@ -75,4 +77,47 @@ def retraced(graph: GanGraph, gm: fx.GraphModule, note: str) -> GanGraph:
     new = trace(gm, graph.example_inputs, dynamic_batch=graph.dynamic_batch)
     new.model_class = graph.model_class
     new.notes = [*graph.notes, note]
+    return new
+
+
+def replace_stored(gm: fx.GraphModule, target: str, value: torch.Tensor) -> None:
+    """Replace the stored tensor `target` of `gm` (a copy) by `value`, keeping its kind
+    (parameter, buffer or plain tensor) and dtype."""
+    module, name = owner(gm, target)
+    old = getattr(module, name)
+    value = value.to(dtype=old.dtype)
+    if isinstance(old, torch.nn.Parameter):
+        setattr(module, name, torch.nn.Parameter(value, requires_grad=old.requires_grad))
+    elif name in module._buffers:
+        module._buffers[name] = value
+    else:
+        setattr(module, name, value)
+
+
+def retraced_keeping_annotations(graph: GanGraph, gm: fx.GraphModule, note: str) -> GanGraph:
+    """Retrace the edited copy `gm` and carry its ``gcc_gan.`` node annotations over, matched by
+    node name (re-export keeps names) and, failing that, by the weight the node reads."""
+    new = retraced(graph, gm, note)
+    by_name = {n.name: n for n in new.graph.nodes}
+    by_weight = {n.args[1].target: n for n in new.graph.nodes if n.op == "call_function"
+                 and len(n.args) > 1 and isinstance(n.args[1], fx.Node)
+                 and n.args[1].op == "get_attr"}
+    lost = []
+    for node in gm.graph.nodes:
+        for key, value in node.meta.items():
+            if not key.startswith("gcc_gan."):
+                continue
+            weight = getattr(value, "weight", None)
+            dst = by_name.get(node.name)
+            if weight is not None and (dst is None or len(dst.args) < 2
+                                       or getattr(dst.args[1], "target", None) != weight):
+                dst = by_weight.get(weight)
+                if dst is not None and hasattr(value, "node"):
+                    value = dataclasses.replace(value, node=dst.name)
+            if dst is None:
+                lost.append(f"{key} on {node.name}")
+            else:
+                dst.meta[key] = value
+    if lost:
+        new.notes.append(f"annotations lost on re-export: {lost}")
     return new
