@@ -25,12 +25,13 @@ from .passes.fold_norms import fold_norms
 from .passes.kmeans_share import share_weights_kmeans
 from .passes.quantize import QuantConfig, quantize_int8
 from .passes.sparsify import sparsify
+from .passes.split_taps import split_taps
 from .report import LayerChange, PassEntry, jsonable
 
 PASSES = {"fold_norms": fold_norms, "deconv_to_subpixel": deconv_to_subpixel,
           "prune_channels": prune_channels, "quantize_int8": quantize_int8,
           "sparsify": sparsify, "share_weights_kmeans": share_weights_kmeans,
-          "binarize": binarize}
+          "binarize": binarize, "split_taps": split_taps}
 FLOOR_RETRIES = 3
 
 

@@ -50,10 +50,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import fx, nn
+from torch import fx
 
-from gcc_gan.ir import GanGraph, ops
-from gcc_gan.ir import edit
+from gcc_gan.ir import GanGraph, edit, ops
 from gcc_gan.ir.meta import arg
 from gcc_gan.ir.shapes import BatchOneShapes
 from gcc_gan.ir.trace import copy_module
@@ -285,9 +284,9 @@ def _rewrite(gm: fx.GraphModule, node: fx.Node, d: _Deconv, made: dict) -> None:
         pad = [max(0, e) for axis in reversed(plan.extra) for e in axis]
         if any(pad):
             x = call(aten.constant_pad_nd.default, x, pad, 0.0)
-        w = _new_attr(gm, d.weight.target, "subpixel_weight", made, (s, plan.groups),
-                      lambda t: subpixel_weight(t.detach(), s, plan.groups))
-        b = None if d.bias is None else _new_attr(
+        w = edit.store_beside(gm, d.weight.target, "subpixel_weight", made, (s, plan.groups),
+                               lambda t: subpixel_weight(t.detach(), s, plan.groups))
+        b = None if d.bias is None else edit.store_beside(
             gm, d.bias.target, "subpixel_bias", made, (s,),
             lambda t: subpixel_bias(t.detach(), s))
         y = call(aten.conv2d.default, x, g.get_attr(w), None if b is None else g.get_attr(b),
@@ -299,29 +298,3 @@ def _rewrite(gm: fx.GraphModule, node: fx.Node, d: _Deconv, made: dict) -> None:
                 y = call(aten.slice.Tensor, y, dim, front, -back if back else None)
     node.replace_all_uses_with(y)
     g.erase_node(node)
-
-
-def _new_attr(gm: fx.GraphModule, old_target: str, stem: str, made: dict, key: tuple,
-              make) -> str:
-    """Store make(old) beside `old_target` as `<owner>.<stem>` (a parameter, buffer or constant
-    like the old one) and return its target; a tensor shared by several deconvs is made once."""
-    if (old_target, stem, key) in made:
-        return made[old_target, stem, key]
-    owner, old_name = edit.owner(gm, old_target)
-    old = getattr(owner, old_name)
-    name, i = stem, 0
-    while hasattr(owner, name):
-        i += 1
-        name = f"{stem}_{i}"
-    with torch.no_grad():
-        value = make(old).clone()
-    if isinstance(old, nn.Parameter):
-        setattr(owner, name, nn.Parameter(value, requires_grad=old.requires_grad))
-    elif old_name in owner._buffers:
-        owner.register_buffer(name, value, persistent=old_name not in
-                              owner._non_persistent_buffers_set)
-    else:
-        setattr(owner, name, value)
-    prefix = old_target.rpartition(".")[0]
-    made[old_target, stem, key] = f"{prefix}.{name}" if prefix else name
-    return made[old_target, stem, key]

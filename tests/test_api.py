@@ -78,10 +78,11 @@ def test_report_measures_latency_and_fidelity_and_round_trips(tmp_path):
     assert r.speedup and r.speedup > 0
     assert r.fidelity_inputs == "3 calibration batches" and r.fidelity["samples"] == 6
     assert 0 < r.fidelity["ssim"] <= 1 and r.fidelity["psnr"] > 0
-    assert [p.name for p in r.passes] == ["fold_norms", "deconv_to_subpixel", "prune_channels",
-                                          "quantize_int8"]
+    assert [p.name for p in r.passes] == ["fold_norms", "deconv_to_subpixel", "split_taps",
+                                          "prune_channels", "quantize_int8"]
     assert r.lowering["int8_layers"] == 10 and r.lowering["int8_psnr_vs_float"] > 30  # 8 + 2 subpixel
-    assert r.passes[2].settings["budget_macs"] == 0.5 * 5947392
+    prune = next(p for p in r.passes if p.name == "prune_channels")
+    assert prune.settings["budget_macs"] == 0.5 * r.macs_before
     assert r.layers and r.environment["torch"] == torch.__version__
     data = json.loads((tmp_path / "report.json").read_text())
     assert data["schema"] == "gcc-gan.compile-report/2" and data["macs_after"] == r.macs_after
@@ -95,7 +96,8 @@ def test_report_measures_latency_and_fidelity_and_round_trips(tmp_path):
 def test_without_a_budget_pruning_is_skipped_and_said():
     out = gcc_gan.compile(zoo.build("dcgan"), example_inputs=zoo.example_inputs("dcgan"),
                           measure=False)
-    assert [p.name for p in out.report.passes] == ["fold_norms", "deconv_to_subpixel", "quantize_int8"]
+    assert [p.name for p in out.report.passes] == ["fold_norms", "deconv_to_subpixel", "split_taps",
+                                                   "quantize_int8"]
     assert ("prune_channels skipped: no budget_macs=, ratio= or budget_latency_ms= given"
             in out.report.notes)
 

@@ -99,7 +99,8 @@ def test_compile_writes_the_artifact_directory(tmp_path: Path):
     report = json.loads((out / "report.json").read_text())
     assert report["macs_after"] <= 0.5 * report["macs_before"]
     assert [p["name"] for p in report["passes"]] == ["fold_norms", "deconv_to_subpixel",
-                                                      "prune_channels", "quantize_int8"]
+                                                      "split_taps", "prune_channels",
+                                                      "quantize_int8"]
 
 
 def test_compile_errors_are_one_line_and_exit_2(tmp_path: Path):

@@ -94,6 +94,33 @@ def replace_stored(gm: fx.GraphModule, target: str, value: torch.Tensor) -> None
         setattr(module, name, value)
 
 
+def store_beside(gm: fx.GraphModule, old_target: str, stem: str, made: dict, key: tuple,
+                 make) -> str:
+    """Store make(old) beside `old_target` as `<owner>.<stem>` (a parameter, buffer or constant
+    like the old one) and return its target. `made` remembers (old_target, stem, key), so a
+    tensor several rewritten nodes share is made once."""
+    if (old_target, stem, key) in made:
+        return made[old_target, stem, key]
+    module, old_name = owner(gm, old_target)
+    old = getattr(module, old_name)
+    name, i = stem, 0
+    while hasattr(module, name):
+        i += 1
+        name = f"{stem}_{i}"
+    with torch.no_grad():
+        value = make(old).clone()
+    if isinstance(old, nn.Parameter):
+        setattr(module, name, nn.Parameter(value, requires_grad=old.requires_grad))
+    elif old_name in module._buffers:
+        module.register_buffer(name, value, persistent=old_name not in
+                               module._non_persistent_buffers_set)
+    else:
+        setattr(module, name, value)
+    prefix = old_target.rpartition(".")[0]
+    made[old_target, stem, key] = f"{prefix}.{name}" if prefix else name
+    return made[old_target, stem, key]
+
+
 def retraced_keeping_annotations(graph: GanGraph, gm: fx.GraphModule, note: str) -> GanGraph:
     """Retrace the edited copy `gm` and carry its ``gcc_gan.`` node annotations over, matched by
     node name (re-export keeps names) and, failing that, by the weight the node reads."""

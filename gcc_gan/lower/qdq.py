@@ -15,8 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
-                                      quantize_static)
+from onnx import numpy_helper
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    QuantFormat,
+    QuantType,
+    quantize_static,
+)
 
 from ..quant import QParams
 from ..quiet import quiet_loggers
@@ -69,4 +74,147 @@ def to_qdq(model_bytes: bytes, plan, feeds: list[dict[str, np.ndarray]]) -> tupl
                             weight_type=QuantType.QInt8,
                             extra_options={"TensorQuantOverrides": overrides,
                                            "WeightSymmetric": True})
-        return dst.read_bytes(), missing
+        model = onnx.load(str(dst))
+    move_data_movement_into_int8(model)
+    return model.SerializeToString(), missing
+
+
+# Ops that only move or copy values: they commute with a per-tensor Q or DQ, so they can run
+# on the 8-bit tensor instead of the float one (4x less memory traffic). The sub-pixel rewrite's
+# DepthToSpace and crops and the reflection pads before each conv were 15% of an int8 ResNet-9.
+_MOVERS = {"Pad", "DepthToSpace", "SpaceToDepth", "Slice", "Transpose", "Reshape", "Flatten",
+           "Squeeze", "Unsqueeze"}
+
+
+def _per_tensor(node: onnx.NodeProto, initializers: dict) -> bool:
+    scale = initializers.get(node.input[1])
+    return scale is not None and int(np.prod(scale.dims)) == 1
+
+
+def _pad_keeps_zero(node: onnx.NodeProto, initializers: dict) -> bool:
+    """Reflect/edge pads copy values; a constant pad commutes only when it pads with 0 (which
+    becomes the zero point)."""
+    mode = next((a.s.decode() for a in node.attribute if a.name == "mode"), "constant")
+    if mode != "constant":
+        return True
+    if len(node.input) < 3 or not node.input[2]:
+        return True
+    value = initializers.get(node.input[2])
+    return value is not None and not numpy_helper.to_array(value).any()
+
+
+def move_data_movement_into_int8(model: onnx.ModelProto) -> int:
+    """Rewrite DQ -> mover into mover -> DQ, and mover -> Q into Q -> mover, until none is left;
+    returns how many moves were made. Exact: the movers never compute with the values."""
+    graph = model.graph
+    initializers = {t.name: t for t in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    touched: set[str] = set()
+    moves = 0
+    while True:
+        producer = {o: n for n in graph.node for o in n.output}
+        consumers: dict[str, list] = {}
+        for n in graph.node:
+            for i in n.input:
+                consumers.setdefault(i, []).append(n)
+        move = _next_move(graph, producer, consumers, initializers, outputs)
+        if move is None:
+            break
+        touched.update(move())
+        moves += 1
+    if moves:
+        _topological_order(graph)
+        kept = [v for v in graph.value_info if v.name not in touched]  # their dtype changed
+        del graph.value_info[:]
+        graph.value_info.extend(kept)
+    return moves
+
+
+def _next_move(graph, producer, consumers, initializers, outputs):
+    for node in graph.node:
+        if node.op_type == "QuantizeLinear" and node.output[0] not in outputs:
+            dq = producer.get(node.input[0])
+            if dq is not None and dq.op_type == "DequantizeLinear" and _same_qparams(
+                    dq, node, initializers):
+                return lambda q=node, dq=dq: _drop_requantize(graph, q, dq, consumers)
+        if node.op_type not in _MOVERS or len(node.output) != 1:
+            continue
+        if node.op_type == "Pad" and not _pad_keeps_zero(node, initializers):
+            continue
+        dq = producer.get(node.input[0])
+        if (dq is not None and dq.op_type == "DequantizeLinear" and _per_tensor(dq, initializers)
+                and len(consumers[dq.output[0]]) == 1 and dq.output[0] not in outputs):
+            return lambda node=node, dq=dq: _sink_dequantize(node, dq)
+        users = consumers.get(node.output[0], [])
+        if (len(users) == 1 and users[0].op_type == "QuantizeLinear"
+                and _per_tensor(users[0], initializers) and node.output[0] not in outputs):
+            return lambda node=node, q=users[0]: _hoist_quantize(node, q)
+    return None
+
+
+def _same_qparams(a: onnx.NodeProto, b: onnx.NodeProto, initializers: dict) -> bool:
+    def values(node):
+        return [numpy_helper.to_array(initializers[i]) if i in initializers else None
+                for i in (list(node.input[1:3]) + [""])[:2]]
+    (sa, za), (sb, zb) = values(a), values(b)
+    same_zero = (za is None and zb is None) or (za is not None and zb is not None
+                                                and za.dtype == zb.dtype and np.array_equal(za, zb))
+    return sa is not None and sb is not None and np.array_equal(sa, sb) and same_zero
+
+
+def _drop_requantize(graph: onnx.GraphProto, q: onnx.NodeProto, dq: onnx.NodeProto,
+                     consumers: dict) -> list[str]:
+    """x8 -> DQ -> Q -> y8 with the same scale and zero point: y8 is x8."""
+    for user in consumers.get(q.output[0], []):
+        for i, name in enumerate(user.input):
+            if name == q.output[0]:
+                user.input[i] = dq.input[0]
+    graph.node.remove(q)
+    if len(consumers[dq.output[0]]) == 1:
+        graph.node.remove(dq)
+    return []
+
+
+def _zero_point_as_pad_value(node: onnx.NodeProto, qdq: onnx.NodeProto) -> None:
+    """A constant pad of 0 on the 8-bit tensor pads with the zero point (absent: 0)."""
+    if node.op_type != "Pad":
+        return
+    while len(node.input) < 3:
+        node.input.append("")
+    node.input[2] = qdq.input[2] if len(qdq.input) > 2 else ""
+
+
+def _sink_dequantize(node: onnx.NodeProto, dq: onnx.NodeProto) -> list[str]:
+    """x8 -> DQ -> node -> y   becomes   x8 -> node -> y8 -> DQ -> y"""
+    y = node.output[0]
+    node.input[0] = dq.input[0]
+    node.output[0] = dq.input[0] = f"{y}_int8"
+    dq.output[0] = y
+    _zero_point_as_pad_value(node, dq)
+    return [y, f"{y}_int8"]
+
+
+def _hoist_quantize(node: onnx.NodeProto, q: onnx.NodeProto) -> list[str]:
+    """x -> node -> y -> Q -> y8   becomes   x -> Q -> x8 -> node -> y8"""
+    y8 = q.output[0]
+    q.input[0] = node.input[0]
+    q.output[0] = node.input[0] = f"{y8}_before_{node.name or node.op_type}"
+    node.output[0] = y8
+    _zero_point_as_pad_value(node, q)
+    return [y8, q.output[0]]
+
+
+def _topological_order(graph: onnx.GraphProto) -> None:
+    known = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    ordered, pending = [], list(graph.node)
+    while pending:
+        ready = [n for n in pending if all(i in known for i in n.input)]
+        if not ready:
+            raise RuntimeError("moving Q/DQ around data-movement ops made a cycle")
+        for n in ready:
+            known.update(n.output)
+        ordered += ready
+        placed = {id(n) for n in ready}
+        pending = [n for n in pending if id(n) not in placed]
+    del graph.node[:]
+    graph.node.extend(ordered)
