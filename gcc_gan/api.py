@@ -38,7 +38,7 @@ from .ir.trace import copy_module
 from .latency import Candidate, LatencySearch, search_latency
 from .lower import OnnxModel, TvmUnavailable, lower_onnx, lower_tvm
 from .measure import Latency, environment, time_torch
-from .passes.quantize import QuantConfig
+from .passes.quantize import QuantConfig, SpeedCheck
 from .pipeline import (PASSES, as_batches, fidelity_vs, layer_changes, meet_floor, prune_config,
                        run_pass, run_passes)
 from .progress import steps
@@ -46,6 +46,7 @@ from .report import CompileReport, PassEntry, jsonable
 from .size import size_table
 from .targets.estimate import estimate
 from .train.distill import DistillConfig, distill
+from .tune import backend_measure
 
 FIDELITY_BATCHES = 8  # calibration batches compared against the original for the report
 
@@ -130,7 +131,9 @@ def compile(model: nn.Module, target: str | target_profiles.Target = "x86", *,
     corrected by measurements on the target, at most 4 rounds).
 
     With int8 in the pipeline, `min_psnr` (dB vs the float model on the calibration batches)
-    keeps the most quantization-sensitive layers in float until the floor holds. `round_to`
+    keeps the most quantization-sensitive layers in float until the floor holds. When compile
+    measures on a device (`measure=True` and a measurement backend), each int8 candidate conv is
+    timed alone in float and int8 there and stays float where int8 is slower. `round_to`
     overrides the target's channel alignment. `configs` maps pass names to config objects for
     passes without a top-level argument (e.g. {"quantize_int8": QuantConfig(per_channel=True)}).
     `backend` measures on a device the target's profile does not reach by itself, e.g.
@@ -147,6 +150,8 @@ def compile(model: nn.Module, target: str | target_profiles.Target = "x86", *,
     configs = dict(configs or {})
     if backend is None and profile.measurement != "cost-model":
         backend = get_backend(profile.measurement)
+    # int8 only where it is faster, timed per layer on the device (not when measure=False)
+    speed = SpeedCheck(backend_measure(backend)) if measure and backend is not None else None
     quant = configs.get("quantize_int8", QuantConfig())
     configs["quantize_int8"] = (quant if min_psnr is None
                                 else dataclasses.replace(quant, min_psnr=min_psnr))
@@ -162,7 +167,8 @@ def compile(model: nn.Module, target: str | target_profiles.Target = "x86", *,
         if ratio is not None:  # of the model as given, not of what earlier passes made of it
             budget_macs, ratio = ratio * original.macs, None
         with step(", ".join(pipeline[:cut]) or "no passes before pruning"):
-            pre, pre_entries, _ = run_passes(pipeline[:cut], original, profile, configs, calib)
+            pre, pre_entries, _ = run_passes(pipeline[:cut], original, profile, configs, calib,
+                                             speed)
 
         def build(budget: float | None) -> _Built:
             graph, entries = pre, list(pre_entries)
@@ -175,14 +181,15 @@ def compile(model: nn.Module, target: str | target_profiles.Target = "x86", *,
                     graph, entry = _finetune(graph, original, finetune, finetune_data or [
                         b[0] if len(b) == 1 else b for b in calib or []])
                     entries.append(entry)
-            graph, rest, float_graph = run_passes(pipeline[cut + 1:], graph, profile, configs, calib)
+            graph, rest, float_graph = run_passes(pipeline[cut + 1:], graph, profile, configs,
+                                                  calib, speed)
             lowered = lower_onnx(graph, threads=torch.get_num_threads(), calib=calib)
             int8_psnr = None
             if float_graph is not None and lowered.int8_layers:
                 q = next(i for i, e in enumerate(rest) if e.name == "quantize_int8")
                 graph, lowered, int8_psnr, rest[q] = meet_floor(
                     float_graph, graph, lowered, rest[q], profile, configs["quantize_int8"],
-                    calib, inputs)
+                    calib, inputs, speed)
             return _Built(graph, entries + rest, lowered, int8_psnr)
 
         if budget_latency_ms is not None:

@@ -23,7 +23,7 @@ from .passes.channel_prune import PruneConfig, prune_channels
 from .passes.deconv_to_subpixel import deconv_to_subpixel
 from .passes.fold_norms import fold_norms
 from .passes.kmeans_share import share_weights_kmeans
-from .passes.quantize import QuantConfig, quantize_int8
+from .passes.quantize import QuantConfig, SpeedCheck, quantize_int8
 from .passes.sparsify import sparsify
 from .passes.split_taps import split_taps
 from .report import LayerChange, PassEntry, jsonable
@@ -43,15 +43,16 @@ def prune_config(budget_macs, min_channels, round_to, target, base: PruneConfig 
     return dataclasses.replace(base, **settings) if base else PruneConfig(**settings)
 
 
-def run_pass(name: str, graph: GanGraph, target, config=None, calib=None
-             ) -> tuple[GanGraph, PassEntry]:
-    """Run pass `name` with `config` (its default when None); the report becomes an entry."""
+def run_pass(name: str, graph: GanGraph, target, config=None, calib=None,
+             speed: SpeedCheck | None = None) -> tuple[GanGraph, PassEntry]:
+    """Run pass `name` with `config` (its default when None); the report becomes an entry.
+    `speed` times int8 against float per layer on the device (quantize_int8 only)."""
     start = time.perf_counter()
     fn = PASSES[name]
     if name == "prune_channels":
         result = fn(graph, None, config)   # the alignment is settled in the config
     elif name == "quantize_int8":
-        result = fn(graph, target, config or QuantConfig(), calib_data=calib)
+        result = fn(graph, target, config or QuantConfig(), calib_data=calib, speed=speed)
     else:
         result = fn(graph, target) if config is None else fn(graph, target, config)
     report = jsonable(result.report)
@@ -64,13 +65,14 @@ def run_pass(name: str, graph: GanGraph, target, config=None, calib=None
 
 
 def run_passes(names: Iterable[str], graph: GanGraph, target, configs: Mapping[str, Any],
-               calib) -> tuple[GanGraph, list[PassEntry], GanGraph | None]:
+               calib, speed: SpeedCheck | None = None
+               ) -> tuple[GanGraph, list[PassEntry], GanGraph | None]:
     """Run `names` in order; also returns the graph quantize_int8 started from when it is the
     last pass (None otherwise): the fidelity floor requantizes from there."""
     entries, float_graph = [], None
     for name in names:
         float_graph = graph if name == "quantize_int8" else None
-        graph, entry = run_pass(name, graph, target, configs.get(name), calib)
+        graph, entry = run_pass(name, graph, target, configs.get(name), calib, speed)
         entries.append(entry)
     return graph, entries, float_graph
 
@@ -81,7 +83,8 @@ def psnr_vs(graph: GanGraph, lowered: OnnxModel, batches: list[tuple]) -> float:
     return psnr(torch.cat([first(lowered.run(*b)) for b in batches]), refs)
 
 
-def meet_floor(float_graph, graph, lowered, entry, target, config: QuantConfig, calib, inputs):
+def meet_floor(float_graph, graph, lowered, entry, target, config: QuantConfig, calib, inputs,
+               speed: SpeedCheck | None = None):
     """The real int8 model's PSNR vs the float one; below `config.min_psnr`, requantize with
     the simulated floor raised by the shortfall (the simulation is close, not exact)."""
     batches = calib or [inputs]
@@ -92,7 +95,7 @@ def meet_floor(float_graph, graph, lowered, entry, target, config: QuantConfig, 
             break
         floor += config.min_psnr - measured + 0.5
         graph, entry = run_pass("quantize_int8", float_graph, target,
-                                dataclasses.replace(config, min_psnr=floor), calib)
+                                dataclasses.replace(config, min_psnr=floor), calib, speed)
         lowered = lower_onnx(graph, threads=lowered.threads, calib=calib)
         measured = psnr_vs(float_graph, lowered, batches)
     return graph, lowered, measured, entry

@@ -10,6 +10,13 @@ report: transposed convs (ONNX Runtime has no int8 ConvTranspose on CPU; run
 `deconv_to_subpixel` first), convs with computed weights (StyleGAN2's modulated convs), and the
 layers a `min_psnr` floor sends back to float. Norms and elementwise ops stay float.
 
+Speed: int8 is not faster everywhere (the Anycost report's int8 model was slower than float).
+Given a `SpeedCheck` (compile makes one when it measures on a device), each chosen conv is timed
+alone on the target, in float and in int8, at its own shapes and with its own weights; where
+int8 is slower than float by more than the check's margin, the layer stays float and the
+report gives both times (on x86: a 7x7 conv reading the 3 RGB channels, whose int8 kernel
+gathers 3-byte rows). Each geometry is timed once per check.
+
 Mixed precision: each layer's sensitivity is the PSNR of the output when only that layer is
 (fake-)quantized. Starting from all layers in int8, the most sensitive layer goes back to float
 until the simulated PSNR of the whole model meets `min_psnr`. First and last layers are
@@ -20,15 +27,17 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from torch import fx
+from torch import fx, nn
 
 from gcc_gan.ir import GanGraph, ops
 from gcc_gan.ir import edit
 from gcc_gan.ir.meta import arg, attr, source_module
-from gcc_gan.ir.trace import copy_module
+from gcc_gan.ir.shapes import BatchOneShapes
+from gcc_gan.ir.trace import copy_module, trace
 from gcc_gan.metrics import psnr
 from gcc_gan.quant import (OBSERVERS, QUANT_KEY, LayerQuant, Observer, fake_quantize,
                            symmetric_qparams)
@@ -67,6 +76,53 @@ class QuantResult:
     graph: GanGraph
     report: QuantReport
     plan: tuple[LayerQuant, ...] = field(repr=False, default=())
+
+
+@dataclass
+class SpeedCheck:
+    """Times a conv alone on the target in float and in int8; remembers each geometry.
+    `measure` is (graph, inputs) -> Latency on the device (`gcc_gan.tune.backend_measure`)."""
+    measure: Callable
+    margin: float = 0.1          # int8 stays unless it is this much slower than float
+    verdicts: dict = field(default_factory=dict)   # geometry -> (int8 ms, float ms)
+
+    def times(self, probe: "_ConvProbe") -> tuple[float, float]:
+        if probe.key not in self.verdicts:
+            graph = trace(probe, (probe.example(),))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # calibrating on the probe's input is the point
+                int8 = quantize_int8(graph, calib_data=[graph.example_inputs]).graph
+            self.verdicts[probe.key] = tuple(self.measure(g, graph.example_inputs).median_ms
+                                             for g in (int8, graph))
+        return self.verdicts[probe.key]
+
+
+class _ConvProbe(nn.Module):
+    """One conv node of a program as a program of its own: same op, weights and arguments."""
+
+    def __init__(self, gm: fx.GraphModule, node: fx.Node, input_shape: tuple[int, ...]):
+        super().__init__()
+        self.op, self.rest, self.input_shape = node.target, tuple(node.args[3:]), input_shape
+        self.weight = nn.Parameter(attr(gm, node.args[1].target).detach().clone())
+        bias = node.args[2] if len(node.args) > 2 else None
+        self.bias = None if bias is None else nn.Parameter(attr(gm, bias.target).detach().clone())
+        self.key = (str(self.op), tuple(self.weight.shape), bias is None, repr(self.rest),
+                    input_shape)
+
+    @staticmethod
+    def of(gm: fx.GraphModule, node: fx.Node, shapes: BatchOneShapes) -> "_ConvProbe | None":
+        """None when an argument is computed at run time (nothing to time alone)."""
+        bias = node.args[2] if len(node.args) > 2 else None
+        if node.kwargs or any(isinstance(a, fx.Node) for a in node.args[3:]) or (
+                bias is not None and not (isinstance(bias, fx.Node) and bias.op == "get_attr")):
+            return None
+        return _ConvProbe(gm, node, shapes.shape(node.args[0]))
+
+    def example(self) -> torch.Tensor:
+        return torch.randn(self.input_shape, generator=torch.Generator().manual_seed(0))
+
+    def forward(self, x):
+        return self.op(x, self.weight, self.bias, *self.rest)
 
 
 def int8_candidates(gm: fx.GraphModule) -> tuple[list[fx.Node], list[tuple[str, str]]]:
@@ -144,7 +200,7 @@ def _first(out):
 
 
 def quantize_int8(graph: GanGraph, target=None, config: QuantConfig = QuantConfig(),
-                  calib_data=None) -> QuantResult:
+                  calib_data=None, speed: SpeedCheck | None = None) -> QuantResult:
     gm = copy_module(graph.module)
     chosen, skipped = int8_candidates(gm)
     batches, calibration = _batches(calib_data, graph.example_inputs, config.max_calib_batches)
@@ -165,6 +221,8 @@ def quantize_int8(graph: GanGraph, target=None, config: QuantConfig = QuantConfi
             weight_qparams=symmetric_qparams(weight, config.per_channel),
             input_qparams=watch[node.args[0].name].qparams(config.activations),
             output_qparams=watch[node.name].qparams(config.activations), sensitivity_psnr=math.nan)
+    if speed is not None and plan:
+        plan = _where_int8_pays(gm, plan, speed, skipped)
     if config.min_psnr is not None and plan:
         plan = _fit_floor(gm, plan, batches, references, config.min_psnr, skipped)
     for node in gm.graph.nodes:
@@ -181,6 +239,21 @@ def quantize_int8(graph: GanGraph, target=None, config: QuantConfig = QuantConfi
         simulated_psnr=simulated, calibration=calibration, macs_before=graph.macs,
         macs_after=graph.macs, params_before=graph.params, params_after=graph.params)
     return QuantResult(quantized, report, tuple(plan.values()))
+
+
+def _where_int8_pays(gm, plan, speed: SpeedCheck, skipped) -> dict[str, LayerQuant]:
+    shapes, nodes = BatchOneShapes(gm), {n.name: n for n in gm.graph.nodes}
+    kept = {}
+    for name, q in plan.items():
+        probe = _ConvProbe.of(gm, nodes[name], shapes)
+        int8_ms, float_ms = speed.times(probe) if probe is not None else (0.0, math.inf)
+        if int8_ms > (1 + speed.margin) * float_ms:
+            skipped.append((f"{name} ({q.module})", f"int8 is slower here: {int8_ms:.3g} ms "
+                                                    f"against {float_ms:.3g} ms in float, this "
+                                                    "conv alone on the target"))
+        else:
+            kept[name] = q
+    return kept
 
 
 def _fit_floor(gm, plan, batches, references, min_psnr, skipped) -> dict[str, LayerQuant]:

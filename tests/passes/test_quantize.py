@@ -108,3 +108,29 @@ def test_min_psnr_is_honoured_on_a_zoo_model():
     kept_float = [why for _, why in quant.details["float_layers"] if "min_psnr" in why]
     assert kept_float  # and it says which layers it kept in float
     assert out.report.lowering["int8_layers"] < free.report.lowering["int8_layers"]
+
+
+def test_layers_where_int8_is_slower_on_the_device_stay_float():
+    """The speed check times each conv alone in float and int8; a fake device where int8 loses
+    on convs reading 3 channels keeps exactly those in float, and times each geometry once."""
+    from gcc_gan.measure import Latency
+    from gcc_gan.passes.quantize import SpeedCheck
+
+    calls = []
+
+    def device(graph, inputs):
+        int8 = bool(quant_plan(graph.module))
+        narrow = inputs[0].shape[1] == 3
+        calls.append((int8, tuple(inputs[0].shape)))
+        ms = 2.0 if int8 and narrow else 1.0 if not int8 else 0.5
+        return Latency.from_samples([ms / 1e3] * 3, warmup=0, threads=1, backend="fake")
+
+    graph = trace(zoo.build("resnet"), zoo.example_inputs("resnet"))
+    speed = SpeedCheck(device)
+    result = quantize_int8(graph, calib_data=_calib("resnet"), speed=speed)
+    slower = [(node, why) for node, why in result.report.float_layers if "slower" in why]
+    assert len(slower) == 1 and "2 ms against 1 ms in float" in slower[0][1]
+    assert len(result.plan) == 7   # 8 ordinary convs, the RGB stem stays float
+    assert len(calls) == 2 * len(speed.verdicts) < 2 * 8   # the res blocks share geometries
+    again = quantize_int8(graph, calib_data=_calib("resnet"), speed=speed)
+    assert len(calls) == 2 * len(speed.verdicts) and len(again.plan) == 7
