@@ -87,6 +87,27 @@ def time_call(fn: Callable[[], Any], *, warmup: int = 2, repeats: int = 10,
     return Latency.from_samples(seconds, warmup=warmup, threads=threads, backend=backend)
 
 
+def time_side_by_side(calls: Mapping[str, tuple[Callable[[], Any], int]], *, rounds: int = 10,
+                      warmup: int = 2, threads: int, backends: Mapping[str, str]
+                      ) -> dict[str, Latency]:
+    """Time several functions in turns: each round calls every one (`calls[name]` is
+    (fn, calls per round)), so all see the same machine. A shared machine has slow spells of
+    seconds (measured here: one ORT model at 26 ms, then 36-41 ms for a few seconds, then 26
+    again), which would bias a comparison of two timings taken one after the other."""
+    for fn, _ in calls.values():
+        for _ in range(warmup):
+            fn()
+    seconds: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, (fn, per_round) in calls.items():
+            for _ in range(per_round):
+                start = time.perf_counter()
+                fn()
+                seconds[name].append(time.perf_counter() - start)
+    return {name: Latency.from_samples(s, warmup=warmup, threads=threads, backend=backends[name])
+            for name, s in seconds.items()}
+
+
 def time_torch(module: torch.nn.Module, inputs: torch.Tensor | tuple[torch.Tensor, ...], *,
                threads: int | None = None, warmup: int = 2, repeats: int = 10) -> Latency:
     """Latency of the eager forward `module(*inputs)` under `torch.inference_mode()`.

@@ -141,3 +141,20 @@ class LayerQuant:
 def quant_plan(gm) -> tuple[LayerQuant, ...]:
     """The int8 decisions annotated on a program's nodes (empty when it was not quantized)."""
     return tuple(n.meta[QUANT_KEY] for n in gm.graph.nodes if QUANT_KEY in n.meta)
+
+
+ADD_QUANT_KEY = "gcc_gan.quant_add"  # node.meta key of an int8 add's AddQuant
+
+
+@dataclass(frozen=True)
+class AddQuant:
+    """An elementwise add of two activations run in int8 (ONNX Runtime: QLinearAdd)."""
+    node: str
+    module: str
+    inputs: tuple[str, str]                   # the fx nodes added (the ONNX tensor names)
+    input_qparams: tuple[QParams, QParams]
+    output_qparams: QParams
+
+
+def add_plan(gm) -> tuple[AddQuant, ...]:
+    return tuple(n.meta[ADD_QUANT_KEY] for n in gm.graph.nodes if ADD_QUANT_KEY in n.meta)

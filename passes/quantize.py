@@ -35,12 +35,12 @@ from torch import fx, nn
 
 from gcc_gan.ir import GanGraph, ops
 from gcc_gan.ir import edit
-from gcc_gan.ir.meta import arg, attr, source_module
+from gcc_gan.ir.meta import arg, attr, node_val, source_module
 from gcc_gan.ir.shapes import BatchOneShapes
 from gcc_gan.ir.trace import copy_module, trace
 from gcc_gan.metrics import psnr
-from gcc_gan.quant import (OBSERVERS, QUANT_KEY, LayerQuant, Observer, fake_quantize,
-                           symmetric_qparams)
+from gcc_gan.quant import (ADD_QUANT_KEY, OBSERVERS, QUANT_KEY, AddQuant, LayerQuant, Observer,
+                           fake_quantize, symmetric_qparams)
 
 @dataclass(frozen=True)
 class QuantConfig:
@@ -50,6 +50,7 @@ class QuantConfig:
     activations: str = "uint8"          # "uint8" | "int8"
     min_psnr: float | None = None       # dB vs the float model; None: every eligible layer int8
     max_calib_batches: int = 8
+    int8_adds: bool = True              # residual adds feeding an int8 conv run in int8 too
 
     def __post_init__(self):
         if self.observer not in OBSERVERS:
@@ -69,6 +70,7 @@ class QuantReport:
     params_before: int
     params_after: int
     name: str = "quantize_int8"
+    int8_adds: tuple[str, ...] = ()    # "node (module)" of each add run in int8
 
 
 @dataclass(frozen=True)
@@ -184,6 +186,9 @@ class _FakeQuant(fx.Interpreter):
         if layer is None:
             return super().run_node(n)
         args, kwargs = self.fetch_args_kwargs_from_env(n)
+        if isinstance(layer, AddQuant):
+            a, b = (fake_quantize(t, qp) for t, qp in zip(args, layer.input_qparams))
+            return fake_quantize(n.target(a, b, **kwargs), layer.output_qparams)
         args = (fake_quantize(args[0], layer.input_qparams),
                 fake_quantize(args[1], layer.weight_qparams), *args[2:])
         return fake_quantize(n.target(*args, **kwargs), layer.output_qparams)
@@ -204,10 +209,11 @@ def quantize_int8(graph: GanGraph, target=None, config: QuantConfig = QuantConfi
     gm = copy_module(graph.module)
     chosen, skipped = int8_candidates(gm)
     batches, calibration = _batches(calib_data, graph.example_inputs, config.max_calib_batches)
+    adds = _residual_adds(gm) if config.int8_adds else []
     watch = {}
-    for node in chosen:
-        for name in (node.args[0].name, node.name):
-            watch.setdefault(name, Observer(config.observer, config.percentile))
+    for name in [n for node in chosen for n in (node.args[0].name, node.name)] + [
+            a.name for node in adds for a in node.args]:
+        watch.setdefault(name, Observer(config.observer, config.percentile))
     with torch.no_grad():
         references = []
         for batch in batches:
@@ -225,11 +231,21 @@ def quantize_int8(graph: GanGraph, target=None, config: QuantConfig = QuantConfi
         plan = _where_int8_pays(gm, plan, speed, skipped)
     if config.min_psnr is not None and plan:
         plan = _fit_floor(gm, plan, batches, references, config.min_psnr, skipped)
+    int8_adds = _int8_adds(adds, plan, watch, config.activations)
+    if int8_adds and config.min_psnr is not None and _simulated_psnr(
+            gm, {**plan, **int8_adds}, batches, references) < config.min_psnr:
+        skipped += [(f"{name} ({q.module})", f"add kept in float for min_psnr={config.min_psnr} dB")
+                    for name, q in int8_adds.items()]
+        int8_adds = {}
     for node in gm.graph.nodes:
         node.meta.pop(QUANT_KEY, None)
+        node.meta.pop(ADD_QUANT_KEY, None)
         if node.name in plan:
             node.meta[QUANT_KEY] = plan[node.name]
-    simulated = _simulated_psnr(gm, plan, batches, references) if plan else math.inf
+        if node.name in int8_adds:
+            node.meta[ADD_QUANT_KEY] = int8_adds[node.name]
+    simulated = (_simulated_psnr(gm, {**plan, **int8_adds}, batches, references) if plan
+                 else math.inf)
     quantized = GanGraph(module=gm, exported=graph.exported, tracer=graph.tracer,
                          model_class=graph.model_class, dynamic_batch=graph.dynamic_batch,
                          example_inputs=graph.example_inputs,
@@ -237,8 +253,60 @@ def quantize_int8(graph: GanGraph, target=None, config: QuantConfig = QuantConfi
     report = QuantReport(
         layers=tuple(_layer_entry(q) for q in plan.values()), float_layers=tuple(skipped),
         simulated_psnr=simulated, calibration=calibration, macs_before=graph.macs,
-        macs_after=graph.macs, params_before=graph.params, params_after=graph.params)
+        macs_after=graph.macs, params_before=graph.params, params_after=graph.params,
+        int8_adds=tuple(f"{name} ({q.module})" for name, q in int8_adds.items()))
     return QuantResult(quantized, report, tuple(plan.values()))
+
+
+_ADDS = ops.op_set("add")
+_PADS = ops.op_set("pad", "reflection_pad2d", "replication_pad2d", "constant_pad_nd")
+
+
+def _residual_adds(gm: fx.GraphModule) -> list[fx.Node]:
+    """Adds of two activations of one shape (residual joins): what QLinearAdd runs."""
+    shapes = BatchOneShapes(gm)
+    found = []
+    for node in gm.graph.nodes:
+        if (node.op == "call_function" and ops.packet(node.target) in _ADDS and not node.kwargs
+                and len(node.args) == 2 and all(isinstance(a, fx.Node) for a in node.args)):
+            a, b = (shapes.shape(x) if isinstance(node_val(x), torch.Tensor) else None
+                    for x in node.args)
+            if a is not None and a == b == shapes.shape(node) and len(a) == 4:
+                found.append(node)
+    return found
+
+
+def _conv_fed_by(node: fx.Node, plan: dict[str, LayerQuant]) -> LayerQuant | None:
+    """The int8 conv whose input is `node`'s output, directly or through pads (which keep its
+    values, so they share its int8 parameters)."""
+    for user in node.users:
+        if user.name in plan and user.args[0] is node:
+            return plan[user.name]
+        if user.op == "call_function" and ops.packet(user.target) in _PADS:
+            found = _conv_fed_by(user, plan)
+            if found is not None:
+                return found
+    return None
+
+
+def _int8_adds(adds: list[fx.Node], plan: dict[str, LayerQuant], watch: dict[str, Observer],
+               activations: str) -> dict[str, AddQuant]:
+    """An add runs in int8 where its output feeds an int8 conv: that output is quantized for
+    the conv anyway, and the add reads and writes a quarter of the bytes. A tensor keeps one
+    set of parameters wherever it is quantized (conv input/output, an earlier add's output)."""
+    known = {q.input: q.input_qparams for q in plan.values()}
+    known.update({q.node: q.output_qparams for q in plan.values()})
+    chosen = {}
+    for node in adds:
+        conv = _conv_fed_by(node, plan)
+        if conv is None:
+            continue
+        inputs = tuple(known.get(a.name) or watch[a.name].qparams(activations) for a in node.args)
+        chosen[node.name] = AddQuant(node=node.name, module=source_module(node),
+                                     inputs=tuple(a.name for a in node.args),
+                                     input_qparams=inputs, output_qparams=conv.input_qparams)
+        known[node.name] = conv.input_qparams
+    return chosen
 
 
 def _where_int8_pays(gm, plan, speed: SpeedCheck, skipped) -> dict[str, LayerQuant]:

@@ -123,3 +123,28 @@ def test_environment_has_the_keys():
     assert all(isinstance(v, str) and v for v in env.values())
     assert env["onnxruntime"] == ort.__version__
     assert all(env[flag] in {"yes", "no", "unknown"} for flag in measure.CPU_FLAGS)
+
+
+def test_side_by_side_timing_takes_turns_so_a_slow_spell_hits_everyone(monkeypatch):
+    """A machine slow (x3) for the middle rounds: timed in turns, both contenders see it and
+    their ratio stays 2; timed one after the other, the second would have taken it alone."""
+    from gcc_gan.measure import time_side_by_side
+
+    clock = FakeClock([])
+    order: list[str] = []
+    slow = {4, 5, 6}
+
+    def call(name, ms):
+        def fn():
+            order.append(name)
+            rnd = order.count("a") - 1  # the round this call belongs to
+            clock.now += ms / 1e3 * (3 if rnd in slow else 1)
+        return fn
+
+    monkeypatch.setattr(measure, "time", clock)
+    timed = time_side_by_side({"a": (call("a", 2.0), 1), "b": (call("b", 1.0), 2)}, rounds=10,
+                              warmup=0, threads=2, backends={"a": "torch", "b": "onnxruntime"})
+    assert order[:6] == ["a", "b", "b", "a", "b", "b"]
+    assert timed["a"].repeats == 10 and timed["b"].repeats == 20
+    assert timed["a"].median_ms / timed["b"].median_ms == pytest.approx(2.0)
+    assert (timed["a"].backend, timed["b"].threads) == ("torch", 2)

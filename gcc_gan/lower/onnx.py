@@ -29,7 +29,7 @@ import torch
 from torch.utils import _pytree as pytree
 
 from ..ir import GanGraph, trace
-from ..quant import quant_plan
+from ..quant import add_plan, quant_plan
 from ..quiet import quiet_loggers
 from ..runtime import ort_session
 from .lut import with_lut
@@ -145,7 +145,8 @@ def lower_onnx(graph: GanGraph, *, tolerance: float = 1e-4, threads: int | None 
     batches = calib or [graph.example_inputs]
     if not lowered.dynamic_batch:
         batches = [_first_sample(b) for b in batches]
-    data, missing = to_qdq(lowered.data, plan, [lowered.feeds(b) for b in batches])
+    data, missing = to_qdq(lowered.data, plan, [lowered.feeds(b) for b in batches],
+                           add_plan(graph.module))
     if missing:
         notes.append(f"int8 plan names layers the ONNX graph lacks, left float: {missing}")
     lowered = dataclasses.replace(lowered, data=data, int8_layers=len(plan) - len(missing),

@@ -4,8 +4,8 @@ Every scale and zero point comes from the pass (`LayerQuant`) through ONNX Runti
 `TensorQuantOverrides`: for each int8 conv, its input tensor, its output tensor and its weight
 initializer. The fx node names are the ONNX tensor names (torch.onnx names values after the
 exported program's nodes), and weights keep their module paths as initializer names. ONNX
-Runtime then fuses each DQ -> Conv -> Q into an int8 kernel. Tensors the plan does not name
-keep float.
+Runtime then fuses each DQ -> Conv -> Q into an int8 kernel, and DQ, DQ -> Add -> Q into
+QLinearAdd for the adds the pass chose. Tensors the plan does not name keep float.
 """
 
 from __future__ import annotations
@@ -47,8 +47,10 @@ def _override(qp: QParams, dtype: str) -> list[dict]:
     return entries
 
 
-def to_qdq(model_bytes: bytes, plan, feeds: list[dict[str, np.ndarray]]) -> tuple[bytes, list[str]]:
-    """The QDQ model, and the plan's layers the ONNX graph did not contain (left float)."""
+def to_qdq(model_bytes: bytes, plan, feeds: list[dict[str, np.ndarray]], adds=()
+           ) -> tuple[bytes, list[str]]:
+    """The QDQ model, and the plan's layers the ONNX graph did not contain (left float).
+    `adds` (`AddQuant`s) become QDQ adds, which ONNX Runtime runs as QLinearAdd."""
     model = onnx.load_model_from_string(model_bytes)
     # the ONNX Conv that computes each planned node's output; its inputs are the real names
     # (in-place ops like relu_ have no tensor of their own name in ONNX)
@@ -62,14 +64,21 @@ def to_qdq(model_bytes: bytes, plan, feeds: list[dict[str, np.ndarray]]) -> tupl
         overrides[conv.input[0]] = _override(q.input_qparams, act)
         overrides[q.node] = _override(q.output_qparams, act)
         overrides[conv.input[1]] = _override(q.weight_qparams, "int8")
+    add_nodes = []
+    for a, node in _onnx_adds(model, adds):
+        for name, qp in zip(node.input, a.input_qparams):
+            overrides.setdefault(name, _override(qp, act))
+        overrides.setdefault(node.output[0], _override(a.output_qparams, act))
+        add_nodes.append(node.name)
     per_channel = any(q.weight_qparams.axis is not None for q in present)
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "qdq.onnx"
         src.write_bytes(model_bytes)
         with quiet_loggers(""):  # its advice to pre-process applies to other exporters
             quantize_static(str(src), str(dst), _Feeds(feeds), quant_format=QuantFormat.QDQ,
-                            op_types_to_quantize=["Conv"],
-                            nodes_to_quantize=[conv_of[q.node].name for q in present],
+                            op_types_to_quantize=["Conv", "Add"],
+                            nodes_to_quantize=[conv_of[q.node].name for q in present]
+                            + add_nodes,
                             per_channel=per_channel, activation_type=_TYPES[act],
                             weight_type=QuantType.QInt8,
                             extra_options={"TensorQuantOverrides": overrides,
@@ -77,6 +86,25 @@ def to_qdq(model_bytes: bytes, plan, feeds: list[dict[str, np.ndarray]]) -> tupl
         model = onnx.load(str(dst))
     move_data_movement_into_int8(model)
     return model.SerializeToString(), missing
+
+
+def _onnx_adds(model: onnx.ModelProto, adds) -> list[tuple]:
+    """(AddQuant, ONNX Add node) pairs. The exporter names some tensors its own way (fx `add`
+    became `add_105`, in-place `relu__2` became `relu_2`), so an add is the ONNX Add that reads
+    the most of its operands by name, in the same position, when that Add is the only one;
+    each found add's output name then stands in for its fx name."""
+    onnx_adds = [n for n in model.graph.node if n.op_type == "Add" and len(n.input) == 2]
+    onnx_name: dict[str, str] = {}
+    pairs = []
+    for a in adds:
+        names = [onnx_name.get(i, i) for i in a.inputs]
+        scored = [(sum(x == y for x, y in zip(names, n.input)), n) for n in onnx_adds]
+        best = max((score for score, _ in scored), default=0)
+        found = [n for score, n in scored if score == best]
+        if best and len(found) == 1:
+            onnx_name[a.node] = found[0].output[0]
+            pairs.append((a, found[0]))
+    return pairs
 
 
 # Ops that only move or copy values: they commute with a per-tensor Q or DQ, so they can run

@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 
@@ -134,3 +135,23 @@ def test_layers_where_int8_is_slower_on_the_device_stay_float():
     assert len(calls) == 2 * len(speed.verdicts) < 2 * 8   # the res blocks share geometries
     again = quantize_int8(graph, calib_data=_calib("resnet"), speed=speed)
     assert len(calls) == 2 * len(speed.verdicts) and len(again.plan) == 7
+
+
+def test_residual_adds_feeding_int8_convs_run_as_qlinearadd(tmp_path):
+    graph = trace(zoo.build("resnet"), zoo.example_inputs("resnet"))
+    calib = _calib("resnet")
+    result = quantize_int8(graph, calib_data=calib)
+    # block 0's add feeds block 1's (int8) conv; block 1's feeds the transposed conv (float)
+    assert result.report.int8_adds == ("add (blocks.0)",)
+    lowered = lower_onnx(result.graph, calib=calib)
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(lowered.data, options, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    assert ops.count("QLinearAdd") == 1 and ops.count("Add") == 1
+    x = zoo.example_inputs("resnet", batch=4, seed=9)
+    with torch.no_grad():
+        reference = graph(*x)
+    assert psnr(lowered.run(*x), reference) > 30
+    off = quantize_int8(graph, config=QuantConfig(int8_adds=False), calib_data=calib)
+    assert off.report.int8_adds == () and len(off.plan) == len(result.plan)
