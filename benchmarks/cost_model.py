@@ -4,8 +4,8 @@ Run: `make bench` (or `.venv/bin/python benchmarks/cost_model.py [--reuse]`). Fi
 x86 target (`gcc-gan tune --target x86`: single-op probes only, saved where compile finds it;
 `--reuse` keeps an existing tuned profile). Then, for zoo generators at widths and resolutions
 the tuning never ran (it ran no whole model at all), measures ONNX Runtime latency in fp32
-(dense) and in int8 as compile deploys it (fold_norms, deconv_to_subpixel, prune to a ratio,
-quantize_int8), and prints the share of predictions within +-10% of measured, next to a
+(dense) and in int8 as compile deploys it (fold_norms, deconv_to_subpixel, split_taps, prune to
+a ratio, quantize_int8), and prints the share of predictions within +-10% of measured, next to a
 MACs-only proxy (seconds per MAC fitted on the same probes). Writes
 benchmarks/results/cost_model.json.
 """
@@ -28,6 +28,7 @@ from gcc_gan.passes.channel_prune import PruneConfig, prune_channels
 from gcc_gan.passes.deconv_to_subpixel import deconv_to_subpixel
 from gcc_gan.passes.fold_norms import fold_norms
 from gcc_gan.passes.quantize import quantize_int8
+from gcc_gan.passes.split_taps import split_taps
 from gcc_gan.quant import quant_plan
 from gcc_gan.targets.roofline import predict
 from gcc_gan.tune import tune
@@ -54,7 +55,7 @@ MODELS = [
 def deployed(graph, x, ratio):
     """The int8 program compile builds for x86 at `ratio` of the MACs."""
     target = targets.get("x86")
-    g = deconv_to_subpixel(fold_norms(graph).graph).graph
+    g = split_taps(deconv_to_subpixel(fold_norms(graph).graph).graph, target).graph
     if ratio < 1:
         g = prune_channels(g, config=PruneConfig(ratio=ratio, round_to=target.channel_alignment)).graph
     with warnings.catch_warnings():

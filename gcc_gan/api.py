@@ -46,7 +46,6 @@ from .report import CompileReport, PassEntry, jsonable
 from .size import size_table
 from .targets.estimate import estimate
 from .train.distill import DistillConfig, distill
-from .tune import backend_measure
 
 FIDELITY_BATCHES = 8  # calibration batches compared against the original for the report
 
@@ -151,7 +150,8 @@ def compile(model: nn.Module, target: str | target_profiles.Target = "x86", *,
     if backend is None and profile.measurement != "cost-model":
         backend = get_backend(profile.measurement)
     # int8 only where it is faster, timed per layer on the device (not when measure=False)
-    speed = SpeedCheck(backend_measure(backend)) if measure and backend is not None else None
+    speed = (SpeedCheck(backend, threads=torch.get_num_threads())
+             if measure and backend is not None else None)
     quant = configs.get("quantize_int8", QuantConfig())
     configs["quantize_int8"] = (quant if min_psnr is None
                                 else dataclasses.replace(quant, min_psnr=min_psnr))

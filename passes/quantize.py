@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import fx, nn
 
@@ -83,19 +83,29 @@ class QuantResult:
 @dataclass
 class SpeedCheck:
     """Times a conv alone on the target in float and in int8; remembers each geometry.
-    `measure` is (graph, inputs) -> Latency on the device (`gcc_gan.tune.backend_measure`)."""
-    measure: Callable
-    margin: float = 0.1          # int8 stays unless it is this much slower than float
+
+    The two are timed in turns (`rounds` rounds of a warm-up call and `repeats` timed calls
+    each; the verdict is the median of the round medians): timed one after the other, a slow
+    spell of a shared machine could land on one side and flip the verdict."""
+    backend: object                  # a gcc_gan.backends.Backend: lowers and times on the device
+    threads: int
+    margin: float = 0.1              # int8 stays unless it is this much slower than float
+    rounds: int = 5
+    repeats: int = 5
     verdicts: dict = field(default_factory=dict)   # geometry -> (int8 ms, float ms)
 
     def times(self, probe: "_ConvProbe") -> tuple[float, float]:
         if probe.key not in self.verdicts:
             graph = trace(probe, (probe.example(),))
+            inputs = graph.example_inputs
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # calibrating on the probe's input is the point
-                int8 = quantize_int8(graph, calib_data=[graph.example_inputs]).graph
-            self.verdicts[probe.key] = tuple(self.measure(g, graph.example_inputs).median_ms
-                                             for g in (int8, graph))
+                int8 = quantize_int8(graph, calib_data=[inputs]).graph
+            built = [self.backend.lower(g, calib=[inputs]) for g in (int8, graph)]
+            rounds = [[self.backend.time(a, inputs, threads=self.threads, warmup=1,
+                                         repeats=self.repeats).median_ms for a in built]
+                      for _ in range(self.rounds)]
+            self.verdicts[probe.key] = tuple(float(np.median(side)) for side in zip(*rounds))
         return self.verdicts[probe.key]
 
 

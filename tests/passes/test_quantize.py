@@ -112,29 +112,42 @@ def test_min_psnr_is_honoured_on_a_zoo_model():
 
 
 def test_layers_where_int8_is_slower_on_the_device_stay_float():
-    """The speed check times each conv alone in float and int8; a fake device where int8 loses
-    on convs reading 3 channels keeps exactly those in float, and times each geometry once."""
+    """The speed check times each conv alone in float and int8, in turns; a fake device where
+    int8 loses on convs reading 3 channels keeps exactly those in float, and lowers each
+    geometry once per precision."""
+    from gcc_gan.backends import Backend
     from gcc_gan.measure import Latency
     from gcc_gan.passes.quantize import SpeedCheck
 
-    calls = []
+    class Device(Backend):
+        name = "fake"
 
-    def device(graph, inputs):
-        int8 = bool(quant_plan(graph.module))
-        narrow = inputs[0].shape[1] == 3
-        calls.append((int8, tuple(inputs[0].shape)))
-        ms = 2.0 if int8 and narrow else 1.0 if not int8 else 0.5
-        return Latency.from_samples([ms / 1e3] * 3, warmup=0, threads=1, backend="fake")
+        def __init__(self):
+            self.lowered, self.timed = [], []
+
+        def lower(self, graph, *, calib=None):
+            self.lowered.append(graph)
+            return graph
+
+        def time(self, graph, inputs, *, threads, warmup=2, repeats=10):
+            int8 = bool(quant_plan(graph.module))
+            self.timed.append(int8)
+            ms = (2.0 if inputs[0].shape[1] == 3 else 0.5) if int8 else 1.0
+            return Latency.from_samples([ms / 1e3] * repeats, warmup=warmup, threads=threads,
+                                        backend=self.name)
 
     graph = trace(zoo.build("resnet"), zoo.example_inputs("resnet"))
-    speed = SpeedCheck(device)
+    device = Device()
+    speed = SpeedCheck(device, threads=1)
     result = quantize_int8(graph, calib_data=_calib("resnet"), speed=speed)
     slower = [(node, why) for node, why in result.report.float_layers if "slower" in why]
     assert len(slower) == 1 and "2 ms against 1 ms in float" in slower[0][1]
     assert len(result.plan) == 7   # 8 ordinary convs, the RGB stem stays float
-    assert len(calls) == 2 * len(speed.verdicts) < 2 * 8   # the res blocks share geometries
+    geometries = len(speed.verdicts)
+    assert len(device.lowered) == 2 * geometries < 2 * 8   # the res blocks share geometries
+    assert device.timed[:4] == [True, False, True, False]   # in turns
     again = quantize_int8(graph, calib_data=_calib("resnet"), speed=speed)
-    assert len(calls) == 2 * len(speed.verdicts) and len(again.plan) == 7
+    assert len(device.lowered) == 2 * geometries and len(again.plan) == 7
 
 
 def test_residual_adds_feeding_int8_convs_run_as_qlinearadd(tmp_path):
