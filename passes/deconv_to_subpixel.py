@@ -285,7 +285,7 @@ def _rewrite(gm: fx.GraphModule, node: fx.Node, d: _Deconv, made: dict) -> None:
         if any(pad):
             x = call(aten.constant_pad_nd.default, x, pad, 0.0)
         w = edit.store_beside(gm, d.weight.target, "subpixel_weight", made, (s, plan.groups),
-                               lambda t: subpixel_weight(t.detach(), s, plan.groups))
+                              lambda t: subpixel_weight(t.detach(), s, plan.groups))
         b = None if d.bias is None else edit.store_beside(
             gm, d.bias.target, "subpixel_bias", made, (s,),
             lambda t: subpixel_bias(t.detach(), s))

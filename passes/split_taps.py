@@ -228,7 +228,7 @@ def _rewrite(gm: fx.GraphModule, node: fx.Node, c: _Conv, made: dict) -> None:
     ph, pw = c.padding
     with g.inserting_before(node):
         w = edit.store_beside(gm, c.weight.target, "split_taps_weight", made, (),
-                                  lambda t: split_taps_weight(t.detach()))
+                              lambda t: split_taps_weight(t.detach()))
         # no vertical padding: padded rows would only compute zeros (and MACs past the budget)
         z = call(aten.conv2d.default, c.x, g.get_attr(w), None, [1, 1], [0, pw], [1, 1], 1)
         y = None
