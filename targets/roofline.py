@@ -126,6 +126,34 @@ def _alignment_factor(g: Geometry, align: int) -> float:
     return out if g.kind == "depthwise" else out * _padded(g.cin_g, align) / g.cin_g
 
 
+# What runtimes fold into the conv before them (ONNX Runtime's Conv+BatchNorm and Conv+activation
+# fusions; the ONNX exporter already folds eval batch norms): measured, the fp32 U-Net's 6 leaky
+# ReLUs and SNGAN's batch norms and ReLUs vanish from ONNX Runtime's optimized graph.
+_FOLDED_NORMS = ops.op_set("batch_norm", "native_batch_norm", "_native_batch_norm_legit_no_training")
+_FUSED_ACTIVATIONS = ops.op_set("relu", "relu_", "leaky_relu", "leaky_relu_", "sigmoid",
+                                "hardtanh", "hardtanh_", "clamp")
+
+
+def fused_epilogues(gm: fx.GraphModule) -> set[str]:
+    """Nodes a runtime runs inside the conv before them, so they cost no kernel of their own:
+    an eval batch norm right after a conv or transposed conv, and an activation right after a
+    conv (or its folded norm), each the sole user of what it follows."""
+    anchor: dict[str, str] = {}
+    for node in gm.graph.nodes:
+        if node.op != "call_function":
+            continue
+        p = ops.packet(node.target)
+        if p in ops.Conv or p in ops.ConvTranspose:
+            anchor[node.name] = "conv_transpose" if edit.is_transposed(node) else "conv"
+            continue
+        src = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
+        if src is None or src.name not in anchor or len(src.users) != 1:
+            continue
+        if p in _FOLDED_NORMS or (p in _FUSED_ACTIVATIONS and anchor[src.name] == "conv"):
+            anchor[node.name] = f"{anchor[src.name]}+"
+    return {name for name, a in anchor.items() if a.endswith("+")}
+
+
 def kernels(graph, target: Target, *, int8: Iterable[str] = (),
             structured_sparse: Iterable[str] = ()) -> list[Kernel]:
     """The kernels a program runs, one per costed node that moves or computes data.
@@ -136,10 +164,11 @@ def kernels(graph, target: Target, *, int8: Iterable[str] = (),
     fx_nodes = {n.name: n for n in graph.module.graph.nodes}
     shapes = BatchOneShapes(graph.module)
     align = max(target.channel_alignment, 1)
+    fused = fused_epilogues(graph.module)
     out = []
     for nc in graph.cost.nodes:
-        if nc.kind == "movement" and nc.act_bytes == 0:
-            continue   # views: no kernel (in-place pointwise ops still run one)
+        if (nc.kind == "movement" and nc.act_bytes == 0) or nc.name in fused:
+            continue   # views (in-place pointwise ops still run one) and fused epilogues
         out_elems = math.prod(nc.out_shape) if nc.out_shape else 0
         in_elems = sum(math.prod(s) for s in nc.in_shapes if s)
         geometry = layer_geometry(fx_nodes[nc.name], nc.kind, shapes) if nc.kind in _MAC_COST_KINDS else None
