@@ -51,6 +51,7 @@ class QuantConfig:
     min_psnr: float | None = None       # dB vs the float model; None: every eligible layer int8
     max_calib_batches: int = 8
     int8_adds: bool = True              # residual adds feeding an int8 conv run in int8 too
+    speed_check: bool = True            # with a SpeedCheck: keep float where int8 is slower
 
     def __post_init__(self):
         if self.observer not in OBSERVERS:
@@ -237,7 +238,7 @@ def quantize_int8(graph: GanGraph, target=None, config: QuantConfig = QuantConfi
             weight_qparams=symmetric_qparams(weight, config.per_channel),
             input_qparams=watch[node.args[0].name].qparams(config.activations),
             output_qparams=watch[node.name].qparams(config.activations), sensitivity_psnr=math.nan)
-    if speed is not None and plan:
+    if speed is not None and config.speed_check and plan:
         plan = _where_int8_pays(gm, plan, speed, skipped)
     if config.min_psnr is not None and plan:
         plan = _fit_floor(gm, plan, batches, references, config.min_psnr, skipped)

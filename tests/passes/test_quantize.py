@@ -168,3 +168,16 @@ def test_residual_adds_feeding_int8_convs_run_as_qlinearadd(tmp_path):
     assert psnr(lowered.run(*x), reference) > 30
     off = quantize_int8(graph, config=QuantConfig(int8_adds=False), calib_data=calib)
     assert off.report.int8_adds == () and len(off.plan) == len(result.plan)
+
+
+def test_the_speed_check_can_be_switched_off():
+    from gcc_gan.passes.quantize import SpeedCheck
+
+    class Unreachable:
+        def lower(self, *args, **kwargs):
+            raise AssertionError("speed_check=False must not time anything")
+
+    graph = trace(zoo.build("resnet"), zoo.example_inputs("resnet"))
+    result = quantize_int8(graph, config=QuantConfig(speed_check=False), calib_data=_calib("resnet"),
+                           speed=SpeedCheck(Unreachable(), threads=1))
+    assert len(result.plan) == 8
