@@ -52,14 +52,13 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
-from gcc_gan.ir import GanGraph, edit, ops
+from gcc_gan.ir import GanGraph, edit
 from gcc_gan.ir.meta import arg
 from gcc_gan.ir.shapes import BatchOneShapes
 from gcc_gan.ir.trace import copy_module
 
 aten = torch.ops.aten
 
-_CONVOLUTION = ops.op_set("convolution", "_convolution")
 _META_KEYS = ("nn_module_stack", "stack_trace", "source_fn_stack")
 
 
@@ -158,10 +157,6 @@ def _narrow(x: torch.Tensor, cuts) -> torch.Tensor:
 
 # ---- the pass -----------------------------------------------------------------------------------
 
-class _Skip(Exception):
-    """A transposed conv that stays; the message says why."""
-
-
 @dataclass(frozen=True)
 class _Deconv:
     x: fx.Node
@@ -183,7 +178,7 @@ def deconv_to_subpixel(graph: GanGraph, target=None,
         name = edit.label(node)
         try:
             deconv = _check(gm, node, shapes, config)
-        except _Skip as why:
+        except edit.Keep as why:
             skipped.append((name, str(why)))
             continue
         _rewrite(gm, node, deconv, made)
@@ -204,50 +199,30 @@ def deconv_to_subpixel(graph: GanGraph, target=None,
     return SubpixelResult(new, report)
 
 
-def _conv_args(node: fx.Node) -> dict:
-    """stride, padding, output_padding, groups, dilation of either op schema."""
-    if ops.packet(node.target) in ops.ConvTranspose:
-        # conv_transpose2d(input, weight, bias, stride, padding, output_padding, groups, dilation)
-        names = {"stride": (3, 1), "padding": (4, 0), "output_padding": (5, 0),
-                 "groups": (6, 1), "dilation": (7, 1)}
-    else:  # convolution(input, weight, bias, stride, padding, dilation, transposed,
-        #              output_padding, groups)
-        names = {"stride": (3, 1), "padding": (4, 0), "dilation": (5, 1),
-                 "output_padding": (7, 0), "groups": (8, 1)}
-    return {n: arg(node, i, n, default) for n, (i, default) in names.items()}
-
-
-def _pair(value, what: str) -> tuple[int, int]:
-    values = list(value) if isinstance(value, (list, tuple)) else [value]
-    if any(not isinstance(v, int) for v in values):
-        raise _Skip(f"{what} is computed at run time")
-    return (values[0], values[0]) if len(values) == 1 else tuple(values)
-
-
 def _check(gm: fx.GraphModule, node: fx.Node, shapes: BatchOneShapes,
            config: SubpixelConfig) -> _Deconv:
-    """The rewrite of `node`, or _Skip with the reason it stays."""
+    """The rewrite of `node`, or `edit.Keep` with the reason it stays."""
     x, weight, bias = node.args[0], arg(node, 1, "weight"), arg(node, 2, "bias")
     w = edit.stored(gm, weight)
     if w is None:
-        raise _Skip(f"weight is computed ({_producer(weight)}), not a stored tensor: a "
+        raise edit.Keep(f"weight is computed ({edit.producer(weight)}), not a stored tensor: a "
                     "per-sample (modulated) weight cannot be rearranged once")
     if w.dim() != 4:
-        raise _Skip(f"{w.dim() - 2}-D transposed conv: pixel_shuffle is 2-D, so only 2-D ones "
+        raise edit.Keep(f"{w.dim() - 2}-D transposed conv: pixel_shuffle is 2-D, so only 2-D ones "
                     "are rewritten")
     if bias is not None and edit.stored(gm, bias) is None:
-        raise _Skip(f"bias is computed ({_producer(bias)}), not a stored tensor")
-    a = _conv_args(node)
+        raise edit.Keep(f"bias is computed ({edit.producer(bias)}), not a stored tensor")
+    a = edit.conv_args(node)
     if not isinstance(a["groups"], int):
-        raise _Skip("groups is computed at run time")
-    sh, sw = _pair(a["stride"], "stride")
+        raise edit.Keep("groups is computed at run time")
+    sh, sw = edit.int_pair(a["stride"], "stride")
     if sh != sw:
-        raise _Skip(f"unequal strides ({sh}, {sw}): pixel_shuffle needs one factor")
-    dilation = _pair(a["dilation"], "dilation")
+        raise edit.Keep(f"unequal strides ({sh}, {sw}): pixel_shuffle needs one factor")
+    dilation = edit.int_pair(a["dilation"], "dilation")
     if dilation != (1, 1):
-        raise _Skip(f"dilation {dilation}: only dilation 1 is rewritten")
-    padding, output_padding = _pair(a["padding"], "padding"), _pair(a["output_padding"],
-                                                                     "output_padding")
+        raise edit.Keep(f"dilation {dilation}: only dilation 1 is rewritten")
+    padding = edit.int_pair(a["padding"], "padding")
+    output_padding = edit.int_pair(a["output_padding"], "output_padding")
     plan = plan_subpixel(tuple(w.shape[2:]), sh, padding, output_padding, a["groups"])
     if config.max_macs_ratio is not None:
         cin, cout = w.shape[0], w.shape[1] * a["groups"]
@@ -255,15 +230,9 @@ def _check(gm: fx.GraphModule, node: fx.Node, shapes: BatchOneShapes,
         before = cin * in_hw[0] * in_hw[1] * w.shape[1] * w.shape[2] * w.shape[3]
         after = plan.macs(in_hw, cin, cout)
         if after > config.max_macs_ratio * before:
-            raise _Skip(f"a sub-pixel conv costs {after / before:.2f}x its real MACs "
+            raise edit.Keep(f"a sub-pixel conv costs {after / before:.2f}x its real MACs "
                         f"({after} vs {before}), over max_macs_ratio={config.max_macs_ratio}")
     return _Deconv(x, weight, bias, plan)
-
-
-def _producer(a) -> str:
-    if isinstance(a, fx.Node):
-        return f"{a.name} = {ops.packet(a.target)}" if a.op == "call_function" else a.op
-    return type(a).__name__
 
 
 def _rewrite(gm: fx.GraphModule, node: fx.Node, d: _Deconv, made: dict) -> None:

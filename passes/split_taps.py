@@ -52,7 +52,6 @@ from gcc_gan.ir.trace import copy_module
 
 aten = torch.ops.aten
 
-_CONVOLUTION = ops.op_set("convolution", "_convolution")
 _META_KEYS = ("nn_module_stack", "stack_trace", "source_fn_stack")
 _DEFAULT_ALIGNMENT = 16  # MLAS's output-channel block on x86, the target this pass was made for
 
@@ -95,10 +94,6 @@ def padded_work(channels: int, alignment: int) -> float:
 
 # ---- the pass -----------------------------------------------------------------------------------
 
-class _Skip(Exception):
-    """A conv that stays; the message says why."""
-
-
 @dataclass(frozen=True)
 class _Conv:
     x: fx.Node
@@ -124,7 +119,7 @@ def split_taps(graph: GanGraph, target=None,
         name = edit.label(node)
         try:
             conv = _check(gm, node, alignment, config)
-        except _Skip as why:
+        except edit.Keep as why:
             skipped.append((name, str(why)))
             continue
         _rewrite(gm, node, conv, made)
@@ -146,24 +141,6 @@ def split_taps(graph: GanGraph, target=None,
     return SplitTapsResult(new, report)
 
 
-def _conv_args(node: fx.Node) -> dict:
-    """stride, padding, dilation, groups of either op schema."""
-    if ops.packet(node.target) in _CONVOLUTION:
-        # convolution(input, weight, bias, stride, padding, dilation, transposed,
-        #             output_padding, groups)
-        names = {"stride": (3, 1), "padding": (4, 0), "dilation": (5, 1), "groups": (8, 1)}
-    else:  # conv2d(input, weight, bias, stride, padding, dilation, groups); padding may be a str
-        names = {"stride": (3, 1), "padding": (4, 0), "dilation": (5, 1), "groups": (6, 1)}
-    return {n: arg(node, i, n, default) for n, (i, default) in names.items()}
-
-
-def _pair(value, what: str) -> tuple[int, int]:
-    values = list(value) if isinstance(value, (list, tuple)) else [value]
-    if any(not isinstance(v, int) for v in values):
-        raise _Skip(f"{what} is computed at run time")
-    return (values[0], values[0]) if len(values) == 1 else tuple(values)
-
-
 def _padding(value, kernel: tuple[int, int]) -> tuple[int, int]:
     """Numeric (ph, pw); the string forms are numbers too at stride 1, dilation 1, except
     'same' with an even kernel, which pads one side more than the other."""
@@ -171,47 +148,43 @@ def _padding(value, kernel: tuple[int, int]) -> tuple[int, int]:
         return (0, 0)
     if value == "same":
         if any(k % 2 == 0 for k in kernel):
-            raise _Skip(f"padding 'same' with an even kernel {kernel} pads unevenly")
+            raise edit.Keep(f"padding 'same' with an even kernel {kernel} pads unevenly")
         return (kernel[0] // 2, kernel[1] // 2)
     if isinstance(value, str):
-        raise _Skip(f"padding {value!r} is not a number")
-    return _pair(value, "padding")
+        raise edit.Keep(f"padding {value!r} is not a number")
+    return edit.int_pair(value, "padding")
 
 
-def _check(gm: fx.GraphModule, node: fx.Node, alignment: int, config: SplitTapsConfig) -> _Conv:
-    """The rewrite of `node`, or _Skip with the reason it stays."""
+def _check(gm: fx.GraphModule, node: fx.Node, alignment: int,
+           config: SplitTapsConfig) -> _Conv:
+    """The rewrite of `node`, or `edit.Keep` with the reason it stays."""
     x, weight, bias = node.args[0], arg(node, 1, "weight"), arg(node, 2, "bias")
     w = edit.stored(gm, weight)
     if w is None:
-        raise _Skip(f"weight is computed ({_producer(weight)}), not a stored tensor")
+        raise edit.Keep(f"weight is computed ({edit.producer(weight)}), not a stored tensor")
     if w.dim() != 4:
-        raise _Skip(f"{w.dim() - 2}-D conv: only 2-D convs are rewritten")
+        raise edit.Keep(f"{w.dim() - 2}-D conv: only 2-D convs are rewritten")
     if bias is not None and edit.stored(gm, bias) is None:
-        raise _Skip(f"bias is computed ({_producer(bias)}), not a stored tensor")
-    a = _conv_args(node)
+        raise edit.Keep(f"bias is computed ({edit.producer(bias)}), not a stored tensor")
+    a = edit.conv_args(node)
     if a["groups"] != 1:
-        raise _Skip(f"groups {a['groups']}: only groups 1 is rewritten")
-    stride, dilation = _pair(a["stride"], "stride"), _pair(a["dilation"], "dilation")
+        raise edit.Keep(f"groups {a['groups']}: only groups 1 is rewritten")
+    stride = edit.int_pair(a["stride"], "stride")
+    dilation = edit.int_pair(a["dilation"], "dilation")
     if stride != (1, 1):
-        raise _Skip(f"stride {stride}: only stride 1 is rewritten")
+        raise edit.Keep(f"stride {stride}: only stride 1 is rewritten")
     if dilation != (1, 1):
-        raise _Skip(f"dilation {dilation}: only dilation 1 is rewritten")
+        raise edit.Keep(f"dilation {dilation}: only dilation 1 is rewritten")
     cout, _, kh, kw = w.shape
     if kh == 1:
-        raise _Skip("kernel height 1: no rows to split")
+        raise edit.Keep("kernel height 1: no rows to split")
     padding = _padding(a["padding"], (kh, kw))
     before, after = padded_work(cout, alignment), padded_work(kh * cout, alignment)
     if after > config.max_waste_ratio * before:
-        raise _Skip(f"does not pay in {alignment}-channel blocks: {cout} outputs do "
+        raise edit.Keep(f"does not pay in {alignment}-channel blocks: {cout} outputs do "
                     f"{before:.2f}x the work, {kh * cout} taps {after:.2f}x "
                     f"(max_waste_ratio={config.max_waste_ratio})")
     return _Conv(x, weight, bias, kh, cout, padding)
-
-
-def _producer(a) -> str:
-    if isinstance(a, fx.Node):
-        return f"{a.name} = {ops.packet(a.target)}" if a.op == "call_function" else a.op
-    return type(a).__name__
 
 
 def _rewrite(gm: fx.GraphModule, node: fx.Node, c: _Conv, made: dict) -> None:

@@ -80,6 +80,46 @@ def retraced(graph: GanGraph, gm: fx.GraphModule, note: str) -> GanGraph:
     return new
 
 
+class Keep(Exception):
+    """Raised by a rewrite pass's checks for a node it leaves as it is; the message says why."""
+
+
+_CONVOLUTION = ops.op_set("convolution", "_convolution")
+
+
+def conv_args(node: fx.Node) -> dict:
+    """stride, padding, dilation, groups (and output_padding where the schema has one) of a
+    conv node of any schema: conv_transpose*d, convolution / _convolution, conv*d."""
+    p = ops.packet(node.target)
+    if p in ops.ConvTranspose:
+        # conv_transpose2d(input, weight, bias, stride, padding, output_padding, groups, dilation)
+        names = {"stride": (3, 1), "padding": (4, 0), "output_padding": (5, 0),
+                 "groups": (6, 1), "dilation": (7, 1)}
+    elif p in _CONVOLUTION:
+        # convolution(input, weight, bias, stride, padding, dilation, transposed,
+        #             output_padding, groups)
+        names = {"stride": (3, 1), "padding": (4, 0), "dilation": (5, 1),
+                 "output_padding": (7, 0), "groups": (8, 1)}
+    else:  # conv2d(input, weight, bias, stride, padding, dilation, groups); padding may be a str
+        names = {"stride": (3, 1), "padding": (4, 0), "dilation": (5, 1), "groups": (6, 1)}
+    return {n: arg(node, i, n, default) for n, (i, default) in names.items()}
+
+
+def int_pair(value, what: str) -> tuple[int, int]:
+    """(h, w) of an int or int-list conv argument; `Keep` when it is computed at run time."""
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    if any(not isinstance(v, int) for v in values):
+        raise Keep(f"{what} is computed at run time")
+    return (values[0], values[0]) if len(values) == 1 else tuple(values)
+
+
+def producer(a) -> str:
+    """What computes `a`, for messages: "name = op", the node kind, or the value's type."""
+    if isinstance(a, fx.Node):
+        return f"{a.name} = {ops.packet(a.target)}" if a.op == "call_function" else a.op
+    return type(a).__name__
+
+
 def replace_stored(gm: fx.GraphModule, target: str, value: torch.Tensor) -> None:
     """Replace the stored tensor `target` of `gm` (a copy) by `value`, keeping its kind
     (parameter, buffer or plain tensor) and dtype."""
