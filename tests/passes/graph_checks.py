@@ -20,3 +20,13 @@ def assert_unchanged(graph, snap):
     assert now.keys() == state.keys()
     for k in state:
         assert torch.equal(now[k], state[k]), k
+
+
+def assert_report_counts(graph, result) -> None:
+    """A rewrite pass's report gives the MACs, literature MACs and params of its input and
+    of the graph it returned."""
+    r = result.report
+    assert (r.macs_before, r.lit_macs_before, r.params_before) == (graph.macs, graph.lit_macs,
+                                                                   graph.params)
+    assert (r.macs_after, r.lit_macs_after, r.params_after) == (
+        result.graph.macs, result.graph.lit_macs, result.graph.params)

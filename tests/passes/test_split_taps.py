@@ -26,7 +26,8 @@ from gcc_gan import trace
 from gcc_gan.ir import ops
 from gcc_gan.lower import lower_onnx
 from gcc_gan.metrics import psnr
-from tests.passes.graph_checks import assert_same_output, assert_unchanged, snapshot
+from tests.passes.graph_checks import (assert_report_counts, assert_same_output,
+                                      assert_unchanged, snapshot)
 
 aten = torch.ops.aten
 
@@ -58,10 +59,7 @@ def check_report(graph, result):
     r = result.report
     assert isinstance(result, SplitTapsResult)
     assert isinstance(r, SplitTapsReport) and r.name == "split_taps"
-    assert (r.macs_before, r.lit_macs_before, r.params_before) == (graph.macs, graph.lit_macs,
-                                                                   graph.params)
-    assert (r.macs_after, r.lit_macs_after, r.params_after) == (
-        result.graph.macs, result.graph.lit_macs, result.graph.params)
+    assert_report_counts(graph, result)
 
 
 # ---- the weight layout and the pays rule --------------------------------------------------------
