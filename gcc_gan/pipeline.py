@@ -39,7 +39,9 @@ def prune_config(budget_macs, min_channels, round_to, target, base: PruneConfig 
                  ) -> PruneConfig:
     """The prune pass's config for a MACs budget; `base` (the caller's) keeps its importance."""
     settings = dict(budget_macs=budget_macs, ratio=None, min_channels=min_channels,
-                    round_to=round_to or target.channel_alignment)
+                    round_to=round_to or target.channel_alignment,
+                    narrow_round_to=max(target.output_channel_multiple,
+                                        base.narrow_round_to if base else 1))
     return dataclasses.replace(base, **settings) if base else PruneConfig(**settings)
 
 

@@ -2,8 +2,11 @@
 
 One global threshold on unit importance: the k least important units are removed, then each
 group is topped back up to its constraints (at least `min_channels` units; a kept count that is
-a multiple of `round_to`, or the whole group; groups narrower than `round_to` are exempt, as
-no kept count could align them), restoring its most important units. MACs(k) is
+a multiple of `round_to`, or the whole group; a group narrower than `round_to`, which no kept
+count could align, keeps a multiple of `narrow_round_to` or all of its units: a target whose
+kernels slow down on ragged channel counts (x86 int8: multiples of 4) keeps the 3 zero filters
+that pad a 21-output conv to 24 instead of cutting them to 1), restoring its most important
+units. MACs(k) is
 non-increasing in k, so k is bisected to the smallest value whose MACs meet the budget. Each
 step evaluates the analysis's MAC model (no forward pass, no graph rewrite).
 """
@@ -47,18 +50,18 @@ def _ranks_in_group(analysis: ChannelAnalysis, scores: np.ndarray) -> tuple[np.n
     return group_of, rank, sizes
 
 
-def _keep_mask(k: int, order_pos, group_of, rank, sizes, min_channels, round_to) -> np.ndarray:
+def _keep_mask(k: int, order_pos, group_of, rank, sizes, min_channels, round_to,
+               narrow_round_to) -> np.ndarray:
     survivors = np.bincount(group_of[order_pos >= k], minlength=len(sizes))
     target = np.maximum(survivors, np.minimum(min_channels, sizes))
-    # a group narrower than the alignment cannot be aligned (the kernel pads it): prune freely
-    align = np.where(sizes >= round_to, round_to, 1)
+    align = np.where(sizes >= round_to, round_to, narrow_round_to)
     target = np.minimum(-(-target // align) * align, sizes)
     return rank < target[group_of]
 
 
 def search_budget(analysis: ChannelAnalysis, scores: np.ndarray, *, budget_macs: float | None = None,
                   ratio: float | None = None, min_channels: int = 1,
-                  round_to: int = 1) -> PruneDecision:
+                  round_to: int = 1, narrow_round_to: int = 1) -> PruneDecision:
     """Remove the least important units until the MACs fit `budget_macs` (or `ratio` of now)."""
     if (budget_macs is None) == (ratio is None):
         raise ValueError("give exactly one of budget_macs= or ratio=")
@@ -72,7 +75,7 @@ def search_budget(analysis: ChannelAnalysis, scores: np.ndarray, *, budget_macs:
     parts = _ranks_in_group(analysis, scores)
 
     def keep_for(k: int) -> np.ndarray:
-        return _keep_mask(k, order_pos, *parts, min_channels, round_to)
+        return _keep_mask(k, order_pos, *parts, min_channels, round_to, narrow_round_to)
 
     smallest = analysis.macs(keep_for(n))
     if smallest > budget:

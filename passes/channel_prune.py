@@ -36,6 +36,7 @@ class PruneConfig:
     ratio: float | None = None        # or: keep this fraction of the current MACs
     min_channels: int = 1             # per group
     round_to: int = 1                 # kept channels per group: a multiple of this (or all)
+    narrow_round_to: int = 1          # the same for groups narrower than round_to
     importance: Callable[[ChannelAnalysis], np.ndarray] | None = None  # default: CAT's |gamma|
 
     def __post_init__(self):
@@ -45,8 +46,8 @@ class PruneConfig:
             raise ValueError(f"ratio must be in (0, 1], got {self.ratio}")
         if self.budget_macs is not None and self.budget_macs <= 0:
             raise ValueError(f"budget_macs must be positive, got {self.budget_macs}")
-        if self.min_channels < 1 or self.round_to < 1:
-            raise ValueError("min_channels and round_to must be >= 1")
+        if self.min_channels < 1 or self.round_to < 1 or self.narrow_round_to < 1:
+            raise ValueError("min_channels, round_to and narrow_round_to must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -84,8 +85,11 @@ class PruneResult:
 
 def prune_channels(graph: GanGraph, target=None, config: PruneConfig = PruneConfig(ratio=0.5)
                    ) -> PruneResult:
-    """Prune `graph` to `config`'s budget. A `target` with `channel_alignment` raises round_to."""
+    """Prune `graph` to `config`'s budget. A `target` with `channel_alignment` raises round_to,
+    and its `output_channel_multiple` narrow_round_to."""
     round_to = max(config.round_to, getattr(target, "channel_alignment", 1) or 1)
+    narrow_round_to = max(config.narrow_round_to,
+                          getattr(target, "output_channel_multiple", 1) or 1)
     analysis = analyze_channels(graph)
     scores = (config.importance or default_importance)(analysis)
     if len(scores) != analysis.num_units:
@@ -93,7 +97,8 @@ def prune_channels(graph: GanGraph, target=None, config: PruneConfig = PruneConf
                          f"{analysis.num_units} prunable units")
     decision = search_budget(analysis, np.asarray(scores, dtype=float),
                              budget_macs=config.budget_macs, ratio=config.ratio,
-                             min_channels=config.min_channels, round_to=round_to)
+                             min_channels=config.min_channels, round_to=round_to,
+                             narrow_round_to=narrow_round_to)
     start = time.perf_counter()
     pruned = apply_pruning(graph, analysis, decision.keep)
     report = PruneReport(

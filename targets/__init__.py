@@ -60,6 +60,9 @@ class Target:
     measurement: str                         # a backend of gcc_gan.backends, or "cost-model"
     cost_model: str = "roofline"             # "roofline" (CPU/GPU) or "crossbar" (ReRAM)
     channel_alignment: int = 1               # pruning keeps channel counts multiples of this
+    # conv kernels take a slower path when a layer's output-channel count is not a multiple of
+    # this; rewrites that choose an output count (split_taps) round up to it with zero outputs
+    output_channel_multiple: int = 1
     precisions: tuple[str, ...] = ("fp32",)
     sparsity: tuple[str, ...] = ()           # patterns with kernels: "unstructured", "2:4"
     peak_macs_per_s: Mapping[str, float] = field(default_factory=dict)  # dtype -> MAC/s

@@ -235,6 +235,14 @@ def test_min_channels_and_round_to_hold_per_group():
     for g in aligned.report.groups:  # groups narrower than 32 cannot align and prune freely
         assert g.after % 32 == 0 or g.after == g.before or g.before < 32
     assert any(g.before >= 32 and g.after < g.before for g in aligned.report.groups)
+    assert any(g.before < 32 and g.after % 4 for g in aligned.report.groups)
+    # ... unless the target's kernels want output counts in multiples of 4
+    narrow = prune_channels(graph, target=SimpleNamespace(channel_alignment=32,
+                                                          output_channel_multiple=4),
+                            config=PruneConfig(ratio=0.4))
+    for g in narrow.report.groups:
+        assert g.after % (32 if g.before >= 32 else 4) == 0 or g.after == g.before
+    assert any(g.before < 32 and g.after < g.before for g in narrow.report.groups)
 
 
 def test_custom_importance_decides_what_goes():
@@ -255,7 +263,7 @@ def test_custom_importance_decides_what_goes():
 @pytest.mark.parametrize("kwargs, message", [
     (dict(), "exactly one"), (dict(ratio=0.5, budget_macs=1e9), "exactly one"),
     (dict(ratio=1.5), "ratio"), (dict(budget_macs=-1), "positive"),
-    (dict(ratio=0.5, round_to=0), ">= 1"),
+    (dict(ratio=0.5, round_to=0), ">= 1"), (dict(ratio=0.5, narrow_round_to=0), ">= 1"),
 ])
 def test_config_rejects_bad_settings(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -11,6 +11,7 @@ import onnx
 import pytest
 import torch
 import torch.nn.functional as F
+from gcc_gan.passes.channel_prune import PruneConfig, prune_channels
 from gcc_gan.passes.quantize import quantize_int8
 from gcc_gan.passes.split_taps import (
     SplitTapsConfig,
@@ -71,6 +72,15 @@ def test_weight_puts_kernel_rows_first_then_output_channels():
     for dy in range(4):
         for o in range(3):
             assert torch.equal(w2[dy * 3 + o, :, 0, :], w[o, :, dy, :])
+
+
+def test_weight_appends_zero_filters_up_to_the_output_count():
+    w = torch.randn(3, 2, 4, 5)
+    w2 = split_taps_weight(w, 16)
+    assert w2.shape == (16, 2, 1, 5)
+    assert torch.equal(w2[:12], split_taps_weight(w)) and not w2[12:].any()
+    with pytest.raises(ValueError, match="fewer than the 12 taps"):
+        split_taps_weight(w, 10)
 
 
 def test_padded_work_of_the_motivating_layer():
@@ -168,6 +178,45 @@ def test_target_alignment_and_config_decide_what_pays():
     assert r.rewritten == ()
     r = split_taps(graph, config=SplitTapsConfig(alignment=4, max_waste_ratio=0.9)).report
     assert r.rewritten == ("conv2d_1 (head)",)
+
+
+def test_output_multiple_pads_the_taps_with_zero_filters():
+    model, x, graph = generatorish()
+    x86ish = SimpleNamespace(channel_alignment=16, output_channel_multiple=4)
+    for target, config, outputs in [(x86ish, SplitTapsConfig(), 24),
+                                    (None, SplitTapsConfig(output_multiple=5), 25),
+                                    (x86ish, SplitTapsConfig(output_multiple=1), 21)]:
+        result = split_taps(graph, target, config)
+        assert conv_weights(result.graph)[1] == (outputs, 16, 1, 7)
+        check_parity(model, graph, result, 3, 20, 24)
+        check_report(graph, result)
+        # the rewrite keeps the MACs of its 21 taps; each zero filter adds a 16 x 1 x 7 conv
+        # over the 20 x 24 output
+        extra = result.report.macs_after - result.report.macs_before
+        assert extra == (outputs - 21) * 16 * 7 * 20 * 24
+
+
+class WideHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 32, 3, padding=1)
+        self.head = nn.Conv2d(32, 3, 7, padding=3)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.stem(x)))
+
+
+@pytest.mark.parametrize("multiple, outputs", [(4, 24), (1, 22)])
+def test_pruning_keeps_the_zero_filters_a_ragged_count_would_slow(multiple, outputs):
+    # the 3 zero filters are never read, so they are the least important channels: a target
+    # with output_channel_multiple keeps them (24 outputs), one without cuts them to 1 (22)
+    torch.manual_seed(0)
+    model = WideHead().eval()
+    graph = trace(model, inputs(3, 20, 24))
+    target = SimpleNamespace(channel_alignment=16, output_channel_multiple=multiple)
+    split = split_taps(graph, target, SplitTapsConfig(output_multiple=4)).graph
+    pruned = prune_channels(split, target, PruneConfig(ratio=0.7)).graph
+    assert conv_weights(pruned) == [(16, 3, 3, 3), (outputs, 16, 1, 7)]
 
 
 class Shared(nn.Module):
