@@ -6,7 +6,8 @@ x86 target (`gcc-gan tune --target x86`: single-op probes only, saved where comp
 the tuning never ran (it ran no whole model at all), measures ONNX Runtime latency in fp32
 (dense) and in int8 as compile deploys it (fold_norms, deconv_to_subpixel, split_taps, prune to
 a ratio, quantize_int8), and prints the share of predictions within +-10% of measured, next to a
-MACs-only proxy (seconds per MAC fitted on the same probes). Writes
+MACs-only proxy (seconds per MAC fitted on the same probes), and next to a second measurement
+of each program a pass later (how often this machine agrees with itself to +-10%). Writes
 benchmarks/results/cost_model.json.
 """
 
@@ -57,19 +58,22 @@ def deployed(graph, x, ratio):
     target = targets.get("x86")
     g = split_taps(deconv_to_subpixel(fold_norms(graph).graph).graph, target).graph
     if ratio < 1:
-        g = prune_channels(g, config=PruneConfig(ratio=ratio, round_to=target.channel_alignment)).graph
+        g = prune_channels(g, target, PruneConfig(ratio=ratio)).graph  # the target's alignment
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return quantize_int8(g, target, calib_data=[(x,)]).graph
 
 
-def measure(backend, graph, x, threads: int) -> float:
+def timed_ms(backend, artifact, x, threads: int) -> float:
     """Median ms over at least ~1 s of calls: 10 calls of a 2 ms model are too few to rise above
     this machine's noise (two 10-call runs of one U-Net measured 1.5 and 2.2 ms)."""
-    artifact = backend.lower(graph, calib=[(x,)])
     first = backend.time(artifact, (x,), threads=threads, repeats=10).median_ms
     repeats = max(10, min(1000, round(1000 / max(first, 1e-3))))
     return backend.time(artifact, (x,), threads=threads, repeats=repeats).median_ms
+
+
+def within(a: float, b: float) -> bool:
+    return abs(a / b - 1) <= WITHIN
 
 
 def main() -> None:
@@ -89,8 +93,8 @@ def main() -> None:
         target = result.target
     proxy = json.loads(Path(target.tuned).read_text())["macs_proxy_s_per_mac"]
     backend = get_backend("onnxruntime")
-    rows = []
-    with console.status("measuring zoo generators ..."):
+    programs = []
+    with console.status("building and predicting ..."):
         for name, kwargs, shape in MODELS:
             model = zoo.ZOO[name].factory(**kwargs).eval()
             x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
@@ -98,34 +102,48 @@ def main() -> None:
             for dtype, ratio in (("fp32", 1.0), ("int8", 1.0), ("int8", 0.4)):
                 g = graph if dtype == "fp32" else deployed(graph, x, ratio)
                 int8 = [layer.node for layer in quant_plan(g.module)]
-                measured = measure(backend, g, x, threads)
-                predicted = predict(g, target, int8=int8).ms
-                macs_only = g.macs * proxy[dtype] * 1e3
-                rows.append({"model": name, "config": kwargs, "input": list(shape), "dtype": dtype,
-                             "ratio": ratio, "macs": g.macs, "measured_ms": measured,
-                             "predicted_ms": predicted, "macs_proxy_ms": macs_only,
-                             "error": predicted / measured - 1,
-                             "macs_proxy_error": macs_only / measured - 1})
+                programs.append(({"model": name, "config": kwargs, "input": list(shape),
+                                  "dtype": dtype, "ratio": ratio, "macs": g.macs,
+                                  "predicted_ms": predict(g, target, int8=int8).ms,
+                                  "macs_proxy_ms": g.macs * proxy[dtype] * 1e3},
+                                 backend.lower(g, calib=[(x,)]), x))
+    # every program is measured twice, a whole pass apart: how often the repeat lands within
+    # +-10% of the first measurement bounds what any predictor can score against one of them
+    passes = []
+    for label in ("first", "repeat"):
+        with console.status(f"measuring zoo generators ({label} pass) ..."):
+            passes.append([timed_ms(backend, artifact, x, threads) for _, artifact, x in programs])
+    rows = []
+    for (row, _, _), measured, repeat in zip(programs, *passes):
+        rows.append({**row, "measured_ms": measured, "repeat_ms": repeat,
+                     "error": row["predicted_ms"] / measured - 1,
+                     "macs_proxy_error": row["macs_proxy_ms"] / measured - 1,
+                     "repeat_error": repeat / measured - 1})
     table = Table(title=f"x86 cost model vs measured (ONNX Runtime, {threads} threads, batch 1)",
                   header_style="bold")
-    for col in ("model", "config", "input", "dtype", "MACs", "measured ms", "predicted ms",
-                "error", "MACs-proxy ms", "proxy error"):
+    for col in ("model", "config", "input", "dtype", "MACs", "measured ms", "repeat ms",
+                "predicted ms", "error", "MACs-proxy ms", "proxy error"):
         table.add_column(col, justify="right")
     for r in rows:
         config = ", ".join(f"{k}={v}" for k, v in r["config"].items())
         table.add_row(r["model"], config, "x".join(map(str, r["input"][1:])),
                       f"{r['dtype']} @{r['ratio']:.0%}", f"{r['macs'] / 1e9:.3f}G",
-                      f"{r['measured_ms']:.2f}", f"{r['predicted_ms']:.2f}", f"{r['error']:+.1%}",
+                      f"{r['measured_ms']:.2f}", f"{r['repeat_ms']:.2f}", f"{r['predicted_ms']:.2f}", f"{r['error']:+.1%}",
                       f"{r['macs_proxy_ms']:.2f}", f"{r['macs_proxy_error']:+.1%}")
     console.print(table)
-    share = sum(abs(r["error"]) <= WITHIN for r in rows) / len(rows)
-    proxy_share = sum(abs(r["macs_proxy_error"]) <= WITHIN for r in rows) / len(rows)
+    share = sum(within(r["predicted_ms"], r["measured_ms"]) for r in rows) / len(rows)
+    share_repeat = sum(within(r["predicted_ms"], r["repeat_ms"]) for r in rows) / len(rows)
+    proxy_share = sum(within(r["macs_proxy_ms"], r["measured_ms"]) for r in rows) / len(rows)
+    ceiling = sum(within(r["repeat_ms"], r["measured_ms"]) for r in rows) / len(rows)
     console.print(f"within +-10% of measured: cost model {share:.0%} ({len(rows)} programs; "
-                  f"goal >= 90%), MACs-only proxy {proxy_share:.0%}")
+                  f"goal >= 90%; {share_repeat:.0%} against the repeat pass), MACs-only proxy "
+                  f"{proxy_share:.0%}; the repeat measurement itself {ceiling:.0%}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"threads": threads, "tuned_profile": target.tuned,
                                    "share_within_10pct": share,
+                                   "share_within_10pct_of_repeat": share_repeat,
                                    "macs_proxy_share_within_10pct": proxy_share,
+                                   "repeat_share_within_10pct": ceiling,
                                    "rows": rows}, indent=2))
     console.print(f"wrote {RESULTS}")
 
