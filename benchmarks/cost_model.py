@@ -64,14 +64,6 @@ def deployed(graph, x, ratio):
         return quantize_int8(g, target, calib_data=[(x,)]).graph
 
 
-def timed_ms(backend, artifact, x, threads: int) -> float:
-    """Median ms over at least ~1 s of calls: 10 calls of a 2 ms model are too few to rise above
-    this machine's noise (two 10-call runs of one U-Net measured 1.5 and 2.2 ms)."""
-    first = backend.time(artifact, (x,), threads=threads, repeats=10).median_ms
-    repeats = max(10, min(1000, round(1000 / max(first, 1e-3))))
-    return backend.time(artifact, (x,), threads=threads, repeats=repeats).median_ms
-
-
 def within(a: float, b: float) -> bool:
     return abs(a / b - 1) <= WITHIN
 
@@ -112,7 +104,8 @@ def main() -> None:
     passes = []
     for label in ("first", "repeat"):
         with console.status(f"measuring zoo generators ({label} pass) ..."):
-            passes.append([timed_ms(backend, artifact, x, threads) for _, artifact, x in programs])
+            passes.append([backend.time_for(artifact, (x,), threads=threads).median_ms
+                           for _, artifact, x in programs])
     rows = []
     for (row, _, _), measured, repeat in zip(programs, *passes):
         rows.append({**row, "measured_ms": measured, "repeat_ms": repeat,

@@ -293,7 +293,8 @@ def _time_built(backend: Backend, built: _Built, inputs, calib) -> Latency:
     """Latency of a built candidate on `backend` (ONNX Runtime reuses the lowered model)."""
     artifact = (built.lowered if isinstance(backend, OnnxRuntimeBackend)
                 else backend.lower(built.graph, calib=calib))
-    return backend.time(artifact, inputs, threads=torch.get_num_threads())
+    # a round's verdict steers the search: time it over a window, not over 10 calls
+    return backend.time_for(artifact, inputs, threads=torch.get_num_threads())
 
 
 def _lower_tvm(graph: GanGraph, profile) -> tuple[Any, str]:

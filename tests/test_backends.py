@@ -38,6 +38,26 @@ def test_registry_names_the_three_backends():
         get_backend("tflite")
 
 
+class _Fixed(OnnxRuntimeBackend):
+    """Times nothing: every call 'takes' `ms`; records the repeats asked for."""
+
+    def __init__(self, ms):
+        self.ms, self.asked = ms, []
+
+    def time(self, artifact, inputs, *, threads, warmup=2, repeats=10):
+        self.asked.append(repeats)
+        return Latency.from_samples([self.ms / 1e3] * repeats, warmup=warmup, threads=threads,
+                                    backend="fixed")
+
+
+@pytest.mark.parametrize("ms, asked", [(2.0, [10, 500]), (40.0, [10, 25]), (250.0, [10]),
+                                       (1e-4, [10, 1000])])
+def test_time_for_times_about_a_window_of_calls(ms, asked):
+    backend = _Fixed(ms)
+    latency = backend.time_for(None, (), threads=1, seconds=1.0)
+    assert backend.asked == asked and latency.repeats == asked[-1]
+
+
 def test_onnxruntime_measure(graph):
     latency = get_backend("onnxruntime").measure(graph, graph.example_inputs, threads=1,
                                                  repeats=3)
