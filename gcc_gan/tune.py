@@ -68,7 +68,7 @@ def _x(c: int, hw: int) -> torch.Tensor:
 
 
 def spread(target: Target, size: str = "full", seed: int = 0) -> list[Probe]:
-    """The probes to measure: "full" (108 probes, minutes) or "quick" (a few per kind, seconds)."""
+    """The probes to measure: "full" (112 probes, minutes) or "quick" (a few per kind, seconds)."""
     rng = random.Random(seed)
     n = {"full": 1, "quick": 0}[size]
     int8 = "int8" in target.precisions and "quantize_int8" in target.passes
@@ -102,7 +102,8 @@ def spread(target: Target, size: str = "full", seed: int = 0) -> list[Probe]:
                    ("relu", lambda c: nn.ReLU(), 1), ("tanh", lambda c: nn.Tanh(), 1),
                    ("leaky_relu", lambda c: nn.LeakyReLU(0.2), 1), ("add", lambda c: _Add(), 2),
                    ("reflection_pad", lambda c: nn.ReflectionPad2d(1), 1),
-                   ("cat", lambda c: _Cat(), 2), ("upsample", lambda c: nn.Upsample(scale_factor=2), 1))
+                   ("cat", lambda c: _Cat(), 2), ("upsample", lambda c: nn.Upsample(scale_factor=2), 1),
+                   ("pixel_shuffle", lambda c: nn.PixelShuffle(2), 1))
     for name, make, arity in elementwise:
         for _ in range(4 if n else 1):
             c, hw = rng.choice(WIDTHS), rng.choice(RESOLUTIONS)

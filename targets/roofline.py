@@ -31,7 +31,8 @@ from gcc_gan.ir.shapes import BatchOneShapes
 
 from . import KernelFit, Target
 
-KINDS = ("conv", "depthwise", "conv_transpose", "matmul", "norm", "pointwise", "movement")
+KINDS = ("conv", "depthwise", "conv_transpose", "matmul", "norm", "pointwise", "movement",
+         "shuffle")
 MODEL_OVERHEAD = "model/overhead"   # a kernel key whose overhead_s is the per-call cost
 _POINTWISE = {"activation", "arithmetic", "resample", "reduction"}
 _MAC_KINDS = {"conv", "depthwise", "conv_transpose", "matmul"}
@@ -177,6 +178,8 @@ def kernels(graph, target: Target, *, int8: Iterable[str] = (),
             work = nc.macs * _alignment_factor(geometry, align) * (0.5 if nc.name in sparse else 1)
         elif nc.kind in _POINTWISE or nc.kind in ("norm", "movement"):
             kind = "pointwise" if nc.kind in _POINTWISE else nc.kind
+            if kind == "movement" and ops.packet(fx_nodes[nc.name].target) in ops.Shuffle:
+                kind = "shuffle"
             weights, work = 0, nc.elementwise or out_elems
         else:
             continue

@@ -41,6 +41,8 @@ def test_channels_narrower_than_the_alignment_are_not_padded():
     (nn.InstanceNorm2d(8), (1, 8, 8, 8), "norm", 0),
     (nn.ReLU(inplace=True), (1, 8, 8, 8), "pointwise", 0),
     (nn.ReflectionPad2d(2), (1, 8, 8, 8), "movement", 0),
+    (nn.PixelShuffle(2), (1, 8, 8, 8), "shuffle", 0),
+    (nn.PixelUnshuffle(2), (1, 8, 8, 8), "shuffle", 0),
 ])
 def test_kernel_kinds(module, shape, kind, weights):
     k = one_kernel(module, *shape)
