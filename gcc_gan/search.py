@@ -6,9 +6,8 @@ a multiple of `round_to`, or the whole group; a group narrower than `round_to`, 
 count could align, keeps a multiple of `narrow_round_to` or all of its units: a target whose
 kernels slow down on ragged channel counts (x86 int8: multiples of 4) keeps the 3 zero filters
 that pad a 21-output conv to 24 instead of cutting them to 1), restoring its most important
-units. MACs(k) is
-non-increasing in k, so k is bisected to the smallest value whose MACs meet the budget. Each
-step evaluates the analysis's MAC model (no forward pass, no graph rewrite).
+units. MACs(k) is non-increasing in k, so k is bisected to the smallest value whose MACs meet
+the budget. Each step evaluates the analysis's MAC model (no forward pass, no graph rewrite).
 """
 
 from __future__ import annotations
