@@ -176,6 +176,11 @@ def compile_cmd(
     console.print(f"wrote {out}/: {', '.join(sorted(p.name for p in out.iterdir()))}")
 
 
+def _alignment(t) -> str:
+    multiple = t.output_channel_multiple
+    return f"{t.channel_alignment}" + (f" (narrow: x{multiple})" if multiple > 1 else "")
+
+
 @app.command("targets")
 def targets_cmd() -> None:
     """List the compilation targets."""
@@ -185,7 +190,7 @@ def targets_cmd() -> None:
         table.add_column(col)
     for t in target_profiles.available():
         table.add_row(t.name, t.description, ", ".join(t.passes), ", ".join(t.precisions),
-                      str(t.channel_alignment), ", ".join(t.lowering), t.measurement,
+                      _alignment(t), ", ".join(t.lowering), t.measurement,
                       f"{t.cost_model} ({'tuned: ' + t.tuned if t.tuned else 'datasheet'})")
     console.print(table)
 

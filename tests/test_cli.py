@@ -114,3 +114,4 @@ def test_compile_errors_are_one_line_and_exit_2(tmp_path: Path):
 def test_targets_lists_x86():
     result = runner.invoke(app, ["targets"])
     assert result.exit_code == 0 and "x86" in result.output and "quantize_int8" in result.output
+    assert "16 (narrow: x4)" in result.output
