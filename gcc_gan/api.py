@@ -37,6 +37,7 @@ from .ir import GanGraph, trace
 from .ir.trace import copy_module
 from .latency import Candidate, LatencySearch, search_latency
 from .lower import OnnxModel, TvmUnavailable, lower_onnx, lower_tvm
+from .lower.tvm import CrossCompilerMissing, cross_compiler, is_cross
 from .measure import Latency, environment, time_torch
 from .passes.quantize import QuantConfig, SpeedCheck
 from .pipeline import (PASSES, as_batches, fidelity_vs, layer_changes, meet_floor, prune_config,
@@ -302,8 +303,10 @@ def _lower_tvm(graph: GanGraph, profile) -> tuple[Any, str]:
     target = dict(profile.tvm_target)
     host = target.get("kind") == "llvm" and "mtriple" not in target
     try:
+        if is_cross(target):
+            cross_compiler(target)   # saving links the library: say now that it cannot
         model = lower_tvm(graph, target, check_parity=host)
-    except TvmUnavailable as exc:
+    except (TvmUnavailable, CrossCompilerMissing) as exc:
         warnings.warn(f"{exc}; compiled without the TVM library", stacklevel=3)
         return None, f"TVM library for {target} not built: {exc}"
     what = "checked against torch" if host else "cross-compiled, not run here"

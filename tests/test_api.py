@@ -159,6 +159,24 @@ def test_compiled_module_trains():
     assert losses[-1] < losses[0]
 
 
+def test_arm_compile_without_the_cross_compiler_keeps_the_onnx_artifact(tmp_path, monkeypatch):
+    pytest.importorskip("tvm")
+    import shutil
+    real_which = shutil.which
+
+    def which(name, *args, **kwargs):
+        return None if name.startswith("aarch64") else real_which(name, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "which", which)
+    with pytest.warns(UserWarning, match="apt-get install gcc-aarch64-linux-gnu"):
+        out = gcc_gan.compile(zoo.build("resnet"), "arm", ratio=0.5, round_to=TINY,
+                              example_inputs=zoo.example_inputs("resnet"), measure=False,
+                              output_dir=tmp_path)
+    assert out.tvm is None and (tmp_path / "model.onnx").exists()
+    assert (tmp_path / "report.json").exists() and not (tmp_path / "model_arm.so").exists()
+    assert any("not built" in n and "gcc-aarch64-linux-gnu" in n for n in out.report.notes)
+
+
 def test_arm_compile_saves_an_aarch64_library(tmp_path):
     pytest.importorskip("tvm")
     import shutil

@@ -54,6 +54,10 @@ class TvmUnavailable(ImportError):
     """Apache TVM (or a part of it the caller needs) is not installed."""
 
 
+class CrossCompilerMissing(LoweringError):
+    """The C cross compiler that links a library for the target is not on PATH."""
+
+
 def require_tvm(what: str = "TVM lowering"):
     """The `tvm` package, or TvmUnavailable saying how to install it."""
     try:
@@ -94,7 +98,7 @@ def cross_compiler(target: dict) -> str:
                             f"{target}); known: {sorted(CROSS_COMPILERS)}")
     compiler, package = entry
     if shutil.which(compiler) is None:
-        raise LoweringError(f"linking for {arch} needs the cross compiler {compiler}, which is "
+        raise CrossCompilerMissing(f"linking for {arch} needs the cross compiler {compiler}, which is "
                             f"not on PATH; install it (Debian/Ubuntu: apt-get install {package})")
     return compiler
 
