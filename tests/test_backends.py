@@ -14,6 +14,7 @@ import pytest
 from gcc_gan import trace, zoo
 from gcc_gan.backends import BACKENDS, OnnxRuntimeBackend, get_backend
 from gcc_gan.lower import LoweringError, TvmUnavailable
+from gcc_gan.lower import onnx as onnx_lowering
 from gcc_gan.measure import Latency
 
 RPC_KEY = "gcc-gan-loopback"
@@ -44,6 +45,9 @@ class _Fixed(OnnxRuntimeBackend):
     def __init__(self, ms):
         self.ms, self.asked = ms, []
 
+    def with_threads(self, artifact, threads):
+        return artifact
+
     def time(self, artifact, inputs, *, threads, warmup=2, repeats=10):
         self.asked.append(repeats)
         return Latency.from_samples([self.ms / 1e3] * repeats, warmup=warmup, threads=threads,
@@ -70,6 +74,18 @@ def test_onnxruntime_time_reuses_one_lowering_across_thread_counts(graph):
     for threads in (1, 2):
         _sane(backend.time(model, zoo.example_inputs("resnet", batch=2), threads=threads,
                            repeats=3), "onnxruntime", threads, 3)
+
+
+def test_onnxruntime_time_for_runs_both_timings_on_one_session(graph, monkeypatch):
+    """A lowering made without a thread count gets one session for `threads`: a second, fresh
+    session for the timed window would run its cold first calls inside the window."""
+    backend = OnnxRuntimeBackend()
+    model = backend.lower(graph)
+    made = []
+    real = onnx_lowering.ort_session
+    monkeypatch.setattr(onnx_lowering, "ort_session", lambda *a, **k: made.append(1) or real(*a, **k))
+    backend.time_for(model, graph.example_inputs, threads=1, seconds=0.05)
+    assert len(made) == 1 and model.threads is None
 
 
 def test_latency_from_remote_samples_matches_the_harness_statistics():

@@ -59,6 +59,10 @@ View = op_set("view", "_unsafe_view", "reshape", "flatten", "unflatten", "permut
             "t", "expand", "expand_as", "squeeze", "unsqueeze", "slice", "select", "alias",
             "detach", "split", "split_with_sizes", "chunk", "unbind", "narrow", "view_as",
             "as_strided", "unsafe_split", "movedim", "diagonal", "lift_fresh_copy")
+# Views that pick or reorder elements: ONNX has no views, so lowered programs copy them (Slice,
+# Transpose, Gather, Expand); reshapes stay free (Reshape aliases its input in ONNX Runtime).
+ReorderingView = op_set("permute", "transpose", "t", "movedim", "expand", "expand_as", "slice",
+                        "select", "narrow", "diagonal", "as_strided")
 # Ops that move or copy data without arithmetic.
 Movement = View | op_set("cat", "stack", "pad", "constant_pad_nd", "reflection_pad1d",
                        "reflection_pad2d", "reflection_pad3d", "replication_pad1d",

@@ -6,7 +6,12 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+import torch
+
+from gcc_gan import trace
+from gcc_gan.lower import lower_onnx, qdq
 from gcc_gan.lower.qdq import move_data_movement_into_int8
+from gcc_gan.passes.quantize import QuantConfig, quantize_int8
 
 SCALE, ZERO = 0.05, 128
 
@@ -73,3 +78,39 @@ def test_a_nonzero_constant_pad_and_per_channel_scales_stay_float():
     np.testing.assert_array_equal(_run(nonzero, x), _run(_model("constant", 1.5), x))
     per_channel = _model(per_channel=True)
     assert move_data_movement_into_int8(per_channel) == 0  # DepthToSpace mixes channels
+
+
+class _SubPixel(torch.nn.Module):
+    """conv -> pixel_shuffle: the sub-pixel upsample deconv_to_subpixel writes."""
+
+    def __init__(self, cin=8, cout=6, r=2):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(cin, cout * r * r, 3, padding=1)
+        self.shuffle = torch.nn.PixelShuffle(r)
+
+    def forward(self, x):
+        return self.shuffle(self.conv(x)).relu()
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_int8_pixel_shuffle_runs_in_nhwc_with_identical_output(per_channel, monkeypatch, tmp_path):
+    torch.manual_seed(0)
+    x = torch.randn(1, 8, 12, 10)
+    graph = trace(_SubPixel().eval(), (x,))
+    calib = [(torch.randn(1, 8, 12, 10),) for _ in range(2)]
+    int8 = quantize_int8(graph, config=QuantConfig(per_channel=per_channel), calib_data=calib).graph
+    rewritten = lower_onnx(int8, calib=calib, threads=1)
+    monkeypatch.setattr(qdq, "nhwc_pixel_shuffles", lambda *a: 0)
+    plain = lower_onnx(int8, calib=calib, threads=1)
+    ops = [n.op_type for n in onnx.load_model_from_string(rewritten.data).graph.node]
+    assert "DepthToSpace" not in ops and ops.count("Transpose") == 3
+    assert "DepthToSpace" in [n.op_type for n in onnx.load_model_from_string(plain.data).graph.node]
+    assert np.array_equal(rewritten.run(x).numpy(), plain.run(x).numpy())
+    # the premise: ONNX Runtime's NHWC int8 conv feeds the reshape with no transpose between
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(rewritten.data, options, providers=["CPUExecutionProvider"])
+    nodes = onnx.load(options.optimized_model_filepath).graph.node
+    producer = {o: n for n in nodes for o in n.output}
+    first_reshape = next(n for n in nodes if n.op_type == "Reshape")
+    assert producer[first_reshape.input[0]].op_type == "QLinearConv"

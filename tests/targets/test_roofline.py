@@ -56,6 +56,35 @@ def test_views_run_no_kernel():
     assert [k.kind for k in kernels(trace(Flat(), (torch.randn(2, 4, 4, 4),)), X86)] == ["pointwise"]
 
 
+class _Lambda(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+@pytest.mark.parametrize("fn, copied", [
+    (lambda x: x[:, :, 1:-1].relu(), [4 * 2 * 4 * 6 * 8]),        # a crop: Slice copies it
+    (lambda x: x.permute(0, 2, 3, 1).relu(), [4 * 2 * 4 * 8 * 8]),  # a reorder: Transpose
+    (lambda x: x[:, :].relu(), []),                               # the whole tensor: no copy
+    (lambda x: x.unsqueeze(1).transpose(1, 2).relu(), []),       # only a size-1 dim moves
+])
+def test_views_the_lowered_program_copies_run_a_movement_kernel(fn, copied):
+    graph = trace(_Lambda(fn), (torch.randn(1, 4, 8, 8),))
+    moves = [k.nbytes for k in kernels(graph, X86) if k.kind == "movement"]
+    assert moves == copied   # reads and writes only the kept elements
+
+
+def test_a_pixel_shuffle_after_an_int8_conv_is_a_plain_copy():
+    sub = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.PixelShuffle(2))
+    graph = trace(sub, (torch.randn(1, 8, 8, 8),))
+    conv = next(n.name for n in graph.module.graph.nodes if "conv" in n.name)
+    assert [k.kind for k in kernels(graph, X86)] == ["conv", "shuffle"]
+    assert [k.kind for k in kernels(graph, X86, int8=[conv])] == ["conv", "movement"]
+
+
 def test_datasheet_prediction_is_the_roofline_sum():
     graph = trace(nn.Conv2d(16, 32, 3, padding=1), (torch.randn(1, 16, 16, 16),))
     k = kernels(graph, X86)[0]
