@@ -6,7 +6,9 @@ A latency budget T is met by a MACs budget. Each round (at most `MAX_ROUNDS`):
    (cost model x correction) is at most AIM * T, AIM = 0.925 (the middle of [0.85 T, T]);
 2. build that candidate (prune and the rest of the pipeline), lower and measure it;
 3. stop when 0.85 T <= measured <= T; otherwise set correction = measured / predicted of
-   this candidate and go again.
+   this candidate and go again. A model is never measured twice: when the aim lands on one
+   already measured below the window (pruning's channel steps are coarse), the next larger
+   model predicted within T itself is tried instead.
 
 The cost model gives the shape of latency against MACs (which layers shrink, alignment,
 int8); the measurement fixes its scale on the real device, so a good kernel model needs one
@@ -109,8 +111,16 @@ def search_latency(budget_ms: float, candidate: Candidate, *, full_macs: int,
     lo = max(full_macs * min_fraction, 1.0)
     for index in range(MAX_ROUNDS if measure_ms else 1):
         budget = largest_budget(candidate, AIM * budget_ms, correction, lo, full_macs)
-        if rounds and budget == rounds[-1].budget_macs and rounds[-1].measured_ms > budget_ms:
+        seen = _measured_before(rounds, candidate, budget)
+        if seen is not None and seen.measured_ms > budget_ms:
             break   # the same model again, already measured too slow: nothing left to try
+        if seen is not None:
+            # the same model, measured below the window: pruning's channel steps leave no model
+            # between it and the next one up, which the aim at 0.925 T skipped; try that one
+            # against T itself rather than measure this one again
+            budget = largest_budget(candidate, budget_ms, correction, lo, full_macs)
+            if _measured_before(rounds, candidate, budget) is not None:
+                break   # no larger model is predicted within T: keep what was measured
         found = candidate(budget)
         if found is None:
             raise BudgetError(f"no prunable model reaches {budget_ms} ms: pruning cannot go "
@@ -127,6 +137,14 @@ def search_latency(budget_ms: float, candidate: Candidate, *, full_macs: int,
             break   # the unpruned model is already fast enough
         correction = measured / predicted
     return _choose(budget_ms, rounds, built, measured=measure_ms is not None)
+
+
+def _measured_before(rounds, candidate: Candidate, budget: int) -> LatencyRound | None:
+    """The earlier round that measured the model `budget` prunes to (same MACs), if any."""
+    found = candidate(budget)
+    if found is None:
+        return None
+    return next((r for r in rounds if r.macs == found[0].macs), None)
 
 
 def _choose(budget_ms, rounds, built, measured):

@@ -68,7 +68,7 @@ def _x(c: int, hw: int) -> torch.Tensor:
 
 
 def spread(target: Target, size: str = "full", seed: int = 0) -> list[Probe]:
-    """The probes to measure: "full" (112 probes, minutes) or "quick" (a few per kind, seconds)."""
+    """The probes to measure: "full" (116 probes, minutes) or "quick" (a few per kind, seconds)."""
     rng = random.Random(seed)
     n = {"full": 1, "quick": 0}[size]
     int8 = "int8" in target.precisions and "quantize_int8" in target.passes
@@ -98,14 +98,16 @@ def spread(target: Target, size: str = "full", seed: int = 0) -> list[Probe]:
     for _ in range(6 if n else 2):
         fin, fout = rng.choice((64, 128, 256, 512)), rng.choice((256, 1024, 4096, 8192))
         probes.append(Probe(f"linear {fin}->{fout}", nn.Linear(fin, fout), (torch.randn(1, fin),)))
-    elementwise = (("norm", lambda c: nn.InstanceNorm2d(c), 1),
-                   ("relu", lambda c: nn.ReLU(), 1), ("tanh", lambda c: nn.Tanh(), 1),
-                   ("leaky_relu", lambda c: nn.LeakyReLU(0.2), 1), ("add", lambda c: _Add(), 2),
-                   ("reflection_pad", lambda c: nn.ReflectionPad2d(1), 1),
-                   ("cat", lambda c: _Cat(), 2), ("upsample", lambda c: nn.Upsample(scale_factor=2), 1),
-                   ("pixel_shuffle", lambda c: nn.PixelShuffle(2), 1))
-    for name, make, arity in elementwise:
-        for _ in range(4 if n else 1):
+    elementwise = (("norm", lambda c: nn.InstanceNorm2d(c), 1, 6),
+                   ("relu", lambda c: nn.ReLU(), 1, 4), ("tanh", lambda c: nn.Tanh(), 1, 4),
+                   ("leaky_relu", lambda c: nn.LeakyReLU(0.2), 1, 4), ("add", lambda c: _Add(), 2, 4),
+                   ("reflection_pad", lambda c: nn.ReflectionPad2d(1), 1, 4),
+                   ("zero_pad", lambda c: nn.ZeroPad2d(1), 1, 2),
+                   ("cat", lambda c: _Cat(), 2, 4),
+                   ("upsample", lambda c: nn.Upsample(scale_factor=2), 1, 4),
+                   ("pixel_shuffle", lambda c: nn.PixelShuffle(2), 1, 4))
+    for name, make, arity, count in elementwise:
+        for _ in range(count if n else 1):
             c, hw = rng.choice(WIDTHS), rng.choice(RESOLUTIONS)
             probes.append(Probe(f"{name} {c} @{hw}", make(c), tuple(_x(c, hw) for _ in range(arity))))
     return probes

@@ -31,8 +31,8 @@ from gcc_gan.ir.shapes import BatchOneShapes
 
 from . import KernelFit, Target
 
-KINDS = ("conv", "depthwise", "conv_transpose", "matmul", "norm", "pointwise", "movement",
-         "shuffle")
+KINDS = ("conv", "depthwise", "conv_transpose", "matmul", "norm", "pointwise", "resample",
+         "pad", "movement", "shuffle")
 MODEL_OVERHEAD = "model/overhead"   # a kernel key whose overhead_s is the per-call cost
 _POINTWISE = {"activation", "arithmetic", "resample", "reduction"}
 _MAC_KINDS = {"conv", "depthwise", "conv_transpose", "matmul"}
@@ -185,6 +185,27 @@ def _permutation(node: fx.Node, rank: int) -> list[int] | None:
     return None
 
 
+def _elementwise_kind(node: fx.Node, cost_kind: str, int8: set[str]) -> str:
+    """The kernel kind of a node without MACs. Kinds whose runtime kernels walk memory
+    differently get fits of their own: one fit for ReLUs and resizes together missed both
+    (52% median error in a tune), as one for concats and reflection pads did (27%)."""
+    p = ops.packet(node.target)
+    if cost_kind == "resample":
+        return "resample"
+    if cost_kind in _POINTWISE:
+        return "pointwise"
+    if cost_kind == "norm":
+        return "norm"
+    if p in ops.Pad:
+        return "pad"
+    if p in ops.Shuffle:
+        # after an int8 conv the lowering shuffles whole channel runs in NHWC
+        # (lower/qdq.py: nhwc_pixel_shuffles): a plain copy, not a per-byte shuffle
+        source = node.args[0]
+        return "movement" if getattr(source, "name", None) in int8 else "shuffle"
+    return "movement"
+
+
 def kernels(graph, target: Target, *, int8: Iterable[str] = (),
             structured_sparse: Iterable[str] = ()) -> list[Kernel]:
     """The kernels a program runs, one per costed node that moves or computes data.
@@ -209,12 +230,7 @@ def kernels(graph, target: Target, *, int8: Iterable[str] = (),
             kind, weights = geometry.kind, geometry.weights
             work = nc.macs * _alignment_factor(geometry, align) * (0.5 if nc.name in sparse else 1)
         elif nc.kind in _POINTWISE or nc.kind in ("norm", "movement"):
-            kind = "pointwise" if nc.kind in _POINTWISE else nc.kind
-            if kind == "movement" and ops.packet(fx_nodes[nc.name].target) in ops.Shuffle:
-                # after an int8 conv the lowering shuffles whole channel runs in NHWC
-                # (lower/qdq.py: nhwc_pixel_shuffles): a plain copy, not a per-byte shuffle
-                source = fx_nodes[nc.name].args[0]
-                kind = "movement" if getattr(source, "name", None) in int8 else "shuffle"
+            kind = _elementwise_kind(fx_nodes[nc.name], nc.kind, int8)
             weights, work = 0, nc.elementwise or out_elems
         else:
             continue
@@ -229,7 +245,7 @@ def datasheet_fit(target: Target, kind: str, dtype: str) -> KernelFit:
     peak = target.peak_macs_per_s.get(dtype) or target.peak_macs_per_s.get("fp32")
     bandwidth = target.bandwidth_bytes_per_s
     weight_bytes = 1 if dtype == "int8" else 4
-    per_elem = 1.0 / peak if kind in ("norm", "pointwise") else 0.0
+    per_elem = 1.0 / peak if kind in ("norm", "pointwise", "resample") else 0.0
     return KernelFit(overhead_s=target.op_overhead_s,
                      s_per_mac=1.0 / peak if kind in _MAC_KINDS else per_elem,
                      s_per_byte=1.0 / bandwidth,

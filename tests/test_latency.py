@@ -100,3 +100,20 @@ def test_a_too_slow_model_is_never_measured_twice():
     with pytest.raises(BudgetError, match="not met"):
         search_latency(8.0, Candidate(prune, model_ms), full_macs=FULL, measure_ms=slow)
     assert len(calls) == 2 and FLOOR <= calls[1] < 1.01 * FLOOR < calls[0]
+
+
+def test_a_model_measured_below_the_window_is_not_measured_again():
+    """Channel steps make few distinct models: aiming at 0.925 T again after a too-fast round
+    would pick the same one; the next model up, predicted within T, is tried instead."""
+    def coarse(budget):            # models only every 2e6 MACs
+        return prune(budget // 2_000_000 * 2_000_000 if budget >= 2_000_000 else budget)
+
+    calls = []
+
+    def measure(budget, graph):
+        calls.append(graph.macs)
+        return device(0.9)(budget, graph)
+
+    search, _ = search_latency(8.0, Candidate(coarse, model_ms), full_macs=FULL,
+                               measure_ms=measure)
+    assert calls == [6_000_000, 8_000_000] and search.in_window

@@ -29,9 +29,9 @@ def test_the_spread_covers_every_kernel_kind_and_int8():
     probes = spread(targets.get("x86"), "full")
     labels = " ".join(p.label for p in probes)
     for kind in ("conv k1", "conv k3", "conv k7", "depthwise", "conv_transpose", "linear", "norm",
-                 "relu", "add", "reflection_pad", "cat", "upsample", "pixel_shuffle"):
+                 "relu", "add", "reflection_pad", "zero_pad", "cat", "upsample", "pixel_shuffle"):
         assert kind in labels
-    assert sum(p.int8 for p in probes) == 58 and len(probes) == 112
+    assert sum(p.int8 for p in probes) == 58 and len(probes) == 116
     assert [p.label for p in spread(targets.get("x86"), "quick", seed=1)] == \
         [p.label for p in spread(targets.get("x86"), "quick", seed=1)]
 

@@ -64,9 +64,9 @@ View = op_set("view", "_unsafe_view", "reshape", "flatten", "unflatten", "permut
 ReorderingView = op_set("permute", "transpose", "t", "movedim", "expand", "expand_as", "slice",
                         "select", "narrow", "diagonal", "as_strided")
 # Ops that move or copy data without arithmetic.
-Movement = View | op_set("cat", "stack", "pad", "constant_pad_nd", "reflection_pad1d",
-                       "reflection_pad2d", "reflection_pad3d", "replication_pad1d",
-                       "replication_pad2d", "replication_pad3d", "pixel_shuffle",
+Pad = op_set("pad", "constant_pad_nd", "reflection_pad1d", "reflection_pad2d",
+             "reflection_pad3d", "replication_pad1d", "replication_pad2d", "replication_pad3d")
+Movement = View | Pad | op_set("cat", "stack", "pixel_shuffle",
                        "pixel_unshuffle", "repeat", "flip", "roll", "index_select", "gather",
                        "index", "clone", "contiguous", "_to_copy", "to", "type_as",
                        "embedding", "tile", "dropout", "feature_dropout", "alpha_dropout",

@@ -40,7 +40,9 @@ def test_channels_narrower_than_the_alignment_are_not_padded():
     (nn.Linear(16, 40), (1, 16), "matmul", 640),
     (nn.InstanceNorm2d(8), (1, 8, 8, 8), "norm", 0),
     (nn.ReLU(inplace=True), (1, 8, 8, 8), "pointwise", 0),
-    (nn.ReflectionPad2d(2), (1, 8, 8, 8), "movement", 0),
+    (nn.ReflectionPad2d(2), (1, 8, 8, 8), "pad", 0),
+    (nn.ZeroPad2d(2), (1, 8, 8, 8), "pad", 0),
+    (nn.Upsample(scale_factor=2), (1, 8, 8, 8), "resample", 0),
     (nn.PixelShuffle(2), (1, 8, 8, 8), "shuffle", 0),
     (nn.PixelUnshuffle(2), (1, 8, 8, 8), "shuffle", 0),
 ])
