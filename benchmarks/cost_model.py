@@ -130,7 +130,8 @@ def main() -> None:
         config = ", ".join(f"{k}={v}" for k, v in r["config"].items())
         table.add_row(r["model"], config, "x".join(map(str, r["input"][1:])),
                       f"{r['dtype']} @{r['ratio']:.0%}", f"{r['macs'] / 1e9:.3f}G",
-                      f"{r['measured_ms']:.2f}", f"{r['odd_passes_ms']:.2f}/{r['even_passes_ms']:.2f}",
+                      f"{r['measured_ms']:.2f}",
+                      f"{r['odd_passes_ms']:.2f}/{r['even_passes_ms']:.2f}",
                       f"{r['predicted_ms']:.2f}", f"{r['error']:+.1%}",
                       f"{r['macs_proxy_ms']:.2f}", f"{r['macs_proxy_error']:+.1%}")
     console.print(table)

@@ -83,7 +83,8 @@ def test_onnxruntime_time_for_runs_both_timings_on_one_session(graph, monkeypatc
     model = backend.lower(graph)
     made = []
     real = onnx_lowering.ort_session
-    monkeypatch.setattr(onnx_lowering, "ort_session", lambda *a, **k: made.append(1) or real(*a, **k))
+    monkeypatch.setattr(onnx_lowering, "ort_session",
+                        lambda *a, **k: made.append(1) or real(*a, **k))
     backend.time_for(model, graph.example_inputs, threads=1, seconds=0.05)
     assert len(made) == 1 and model.threads is None
 

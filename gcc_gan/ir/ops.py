@@ -66,12 +66,11 @@ ReorderingView = op_set("permute", "transpose", "t", "movedim", "expand", "expan
 # Ops that move or copy data without arithmetic.
 Pad = op_set("pad", "constant_pad_nd", "reflection_pad1d", "reflection_pad2d",
              "reflection_pad3d", "replication_pad1d", "replication_pad2d", "replication_pad3d")
-Movement = View | Pad | op_set("cat", "stack", "pixel_shuffle",
-                       "pixel_unshuffle", "repeat", "flip", "roll", "index_select", "gather",
-                       "index", "clone", "contiguous", "_to_copy", "to", "type_as",
-                       "embedding", "tile", "dropout", "feature_dropout", "alpha_dropout",
-                       "native_dropout", "channel_shuffle", "scatter", "index_put",
-                       "repeat_interleave")
+Movement = View | Pad | op_set("cat", "stack", "pixel_shuffle", "pixel_unshuffle", "repeat", "flip",
+                               "roll", "index_select", "gather", "index", "clone", "contiguous",
+                               "_to_copy", "to", "type_as", "embedding", "tile", "dropout",
+                               "feature_dropout", "alpha_dropout", "native_dropout",
+                               "channel_shuffle", "scatter", "index_put", "repeat_interleave")
 # Movement that sends every element to a new place through a 6-D permutation (depth to space and
 # back): runtimes run it many times slower per byte than a pad or a concat (uint8 DepthToSpace
 # in ONNX Runtime: 2 ms for 0.8 MB), so cost models give it a kernel kind of its own.

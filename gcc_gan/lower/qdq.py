@@ -100,7 +100,7 @@ def nhwc_pixel_shuffles(model: onnx.ModelProto, int8_convs: list, overrides: dic
     (which cancels the runtime's own transpose back), Reshape, a Transpose that copies whole
     runs of 2*C bytes, Reshape, Transpose to NCHW: 0.25 ms for the same tensor. Only for
     convs with one group whose output feeds nothing but the shuffle and whose spatial size is
-    known."""
+    known, and whose weight and bias are stored tensors no other node reads."""
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     uses: dict[str, int] = {}
@@ -117,17 +117,17 @@ def nhwc_pixel_shuffles(model: onnx.ModelProto, int8_convs: list, overrides: dic
                  (shuffle.attribute if shuffle is not None else ())}
         groups = next((a.i for a in conv.attribute if a.name == "group"), 1)
         shape = shapes.get(out)
+        params = [name for name in conv.input[1:3] if name]   # weight, bias: reordered here
         if (shuffle is None or uses.get(out) != 1 or groups != 1 or shape is None
-                or attrs.get("mode", b"DCR") != b"CRD" or conv.input[1] not in inits
-                or uses.get(conv.input[1]) != 1):
+                or attrs.get("mode", b"DCR") != b"CRD"
+                or any(name not in inits or uses.get(name) != 1 for name in params)):
             continue
         r = attrs["blocksize"]
         _, channels, height, width = shape
         order = _dcr_order(channels // (r * r), r)
-        for name in conv.input[1:3]:
-            if name in inits and uses.get(name) == 1:
-                t = numpy_helper.to_array(inits[name])
-                inits[name].CopyFrom(numpy_helper.from_array(t[order], name))
+        for name in params:
+            t = numpy_helper.to_array(inits[name])
+            inits[name].CopyFrom(numpy_helper.from_array(t[order], name))
         if len(overrides.get(conv.input[1], [])) == channels:   # per channel
             overrides[conv.input[1]] = [overrides[conv.input[1]][k] for k in order]
         _replace_with_nhwc_shuffle(graph, shuffle, r, channels // (r * r), height * r, width * r)
