@@ -145,10 +145,13 @@ def lower_onnx(graph: GanGraph, *, tolerance: float = 1e-4, threads: int | None 
     batches = calib or [graph.example_inputs]
     if not lowered.dynamic_batch:
         batches = [_first_sample(b) for b in batches]
-    data, missing = to_qdq(lowered.data, plan, [lowered.feeds(b) for b in batches],
-                           add_plan(graph.module))
+    data, missing, shuffles = to_qdq(lowered.data, plan, [lowered.feeds(b) for b in batches],
+                                     add_plan(graph.module))
     if missing:
         notes.append(f"int8 plan names layers the ONNX graph lacks, left float: {missing}")
+    if shuffles:
+        notes.append(f"{shuffles} pixel shuffle(s) after int8 convs run in NHWC (the convs' "
+                     f"output channels reordered; exact)")
     lowered = dataclasses.replace(lowered, data=data, int8_layers=len(plan) - len(missing),
                                   notes=tuple(notes), _session=[])
     return with_lut(graph, lowered)

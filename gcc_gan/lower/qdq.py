@@ -48,9 +48,10 @@ def _override(qp: QParams, dtype: str) -> list[dict]:
 
 
 def to_qdq(model_bytes: bytes, plan, feeds: list[dict[str, np.ndarray]], adds=()
-           ) -> tuple[bytes, list[str]]:
-    """The QDQ model, and the plan's layers the ONNX graph did not contain (left float).
-    `adds` (`AddQuant`s) become QDQ adds, which ONNX Runtime runs as QLinearAdd."""
+           ) -> tuple[bytes, list[str], int]:
+    """The QDQ model, the plan's layers the ONNX graph did not contain (left float), and how
+    many pixel shuffles run in NHWC (`nhwc_pixel_shuffles`). `adds` (`AddQuant`s) become QDQ
+    adds, which ONNX Runtime runs as QLinearAdd."""
     model = onnx.load_model_from_string(model_bytes)
     # the ONNX Conv that computes each planned node's output; its inputs are the real names
     # (in-place ops like relu_ have no tensor of their own name in ONNX)
@@ -71,7 +72,7 @@ def to_qdq(model_bytes: bytes, plan, feeds: list[dict[str, np.ndarray]], adds=()
         overrides.setdefault(node.output[0], _override(a.output_qparams, act))
         add_nodes.append(node.name)
     per_channel = any(q.weight_qparams.axis is not None for q in present)
-    nhwc_pixel_shuffles(model, [conv_of[q.node] for q in present], overrides)
+    shuffles = nhwc_pixel_shuffles(model, [conv_of[q.node] for q in present], overrides)
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "qdq.onnx"
         src.write_bytes(model.SerializeToString())
@@ -86,7 +87,7 @@ def to_qdq(model_bytes: bytes, plan, feeds: list[dict[str, np.ndarray]], adds=()
                                            "WeightSymmetric": True})
         model = onnx.load(str(dst))
     move_data_movement_into_int8(model)
-    return model.SerializeToString(), missing
+    return model.SerializeToString(), missing, shuffles
 
 
 def nhwc_pixel_shuffles(model: onnx.ModelProto, int8_convs: list, overrides: dict) -> int:

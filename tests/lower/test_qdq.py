@@ -104,6 +104,7 @@ def test_int8_pixel_shuffle_runs_in_nhwc_with_identical_output(per_channel, monk
     plain = lower_onnx(int8, calib=calib, threads=1)
     ops = [n.op_type for n in onnx.load_model_from_string(rewritten.data).graph.node]
     assert "DepthToSpace" not in ops and ops.count("Transpose") == 3
+    assert any("1 pixel shuffle(s)" in note for note in rewritten.notes) and not plain.notes
     assert "DepthToSpace" in [n.op_type for n in onnx.load_model_from_string(plain.data).graph.node]
     assert np.array_equal(rewritten.run(x).numpy(), plain.run(x).numpy())
     # the premise: ONNX Runtime's NHWC int8 conv feeds the reshape with no transpose between
