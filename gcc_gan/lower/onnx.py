@@ -111,12 +111,13 @@ def _first_sample(inputs: tuple) -> tuple:
 
 
 def lower_onnx(graph: GanGraph, *, tolerance: float = 1e-4, threads: int | None = None,
-               calib: list[tuple] | None = None) -> OnnxModel:
+               calib: list[tuple] | None = None, nhwc_shuffles: bool = True) -> OnnxModel:
     """ONNX for `graph`, checked against the torch program; raises LoweringError on failure.
 
     When `quantize_int8` annotated the graph, the checked fp32 model becomes QDQ int8 with the
     pass's scales (`calib` batches, or the example inputs, feed ONNX Runtime's tooling for the
-    tensors the plan leaves to it).
+    tensors the plan leaves to it); pixel shuffles after int8 convs run in NHWC unless
+    `nhwc_shuffles` is False (for runtimes whose int8 convs are not NHWC).
     """
     notes: list[str] = []
     dynamic = graph.dynamic_batch
@@ -146,7 +147,7 @@ def lower_onnx(graph: GanGraph, *, tolerance: float = 1e-4, threads: int | None 
     if not lowered.dynamic_batch:
         batches = [_first_sample(b) for b in batches]
     data, missing, shuffles = to_qdq(lowered.data, plan, [lowered.feeds(b) for b in batches],
-                                     add_plan(graph.module))
+                                     add_plan(graph.module), nhwc_shuffles=nhwc_shuffles)
     if missing:
         notes.append(f"int8 plan names layers the ONNX graph lacks, left float: {missing}")
     if shuffles:

@@ -47,11 +47,11 @@ def _override(qp: QParams, dtype: str) -> list[dict]:
     return entries
 
 
-def to_qdq(model_bytes: bytes, plan, feeds: list[dict[str, np.ndarray]], adds=()
-           ) -> tuple[bytes, list[str], int]:
+def to_qdq(model_bytes: bytes, plan, feeds: list[dict[str, np.ndarray]], adds=(),
+           nhwc_shuffles: bool = True) -> tuple[bytes, list[str], int]:
     """The QDQ model, the plan's layers the ONNX graph did not contain (left float), and how
-    many pixel shuffles run in NHWC (`nhwc_pixel_shuffles`). `adds` (`AddQuant`s) become QDQ
-    adds, which ONNX Runtime runs as QLinearAdd."""
+    many pixel shuffles run in NHWC (`nhwc_pixel_shuffles`, unless `nhwc_shuffles` is False).
+    `adds` (`AddQuant`s) become QDQ adds, which ONNX Runtime runs as QLinearAdd."""
     model = onnx.load_model_from_string(model_bytes)
     # the ONNX Conv that computes each planned node's output; its inputs are the real names
     # (in-place ops like relu_ have no tensor of their own name in ONNX)
@@ -72,7 +72,8 @@ def to_qdq(model_bytes: bytes, plan, feeds: list[dict[str, np.ndarray]], adds=()
         overrides.setdefault(node.output[0], _override(a.output_qparams, act))
         add_nodes.append(node.name)
     per_channel = any(q.weight_qparams.axis is not None for q in present)
-    shuffles = nhwc_pixel_shuffles(model, [conv_of[q.node] for q in present], overrides)
+    shuffles = (nhwc_pixel_shuffles(model, [conv_of[q.node] for q in present], overrides)
+                if nhwc_shuffles else 0)
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "qdq.onnx"
         src.write_bytes(model.SerializeToString())

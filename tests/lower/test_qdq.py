@@ -9,7 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 import torch
 
 from gcc_gan import trace
-from gcc_gan.lower import lower_onnx, qdq
+from gcc_gan.lower import lower_onnx
 from gcc_gan.lower.qdq import move_data_movement_into_int8
 from gcc_gan.passes.quantize import QuantConfig, quantize_int8
 
@@ -93,15 +93,14 @@ class _SubPixel(torch.nn.Module):
 
 
 @pytest.mark.parametrize("per_channel", [False, True])
-def test_int8_pixel_shuffle_runs_in_nhwc_with_identical_output(per_channel, monkeypatch, tmp_path):
+def test_int8_pixel_shuffle_runs_in_nhwc_with_identical_output(per_channel, tmp_path):
     torch.manual_seed(0)
     x = torch.randn(1, 8, 12, 10)
     graph = trace(_SubPixel().eval(), (x,))
     calib = [(torch.randn(1, 8, 12, 10),) for _ in range(2)]
     int8 = quantize_int8(graph, config=QuantConfig(per_channel=per_channel), calib_data=calib).graph
     rewritten = lower_onnx(int8, calib=calib, threads=1)
-    monkeypatch.setattr(qdq, "nhwc_pixel_shuffles", lambda *a: 0)
-    plain = lower_onnx(int8, calib=calib, threads=1)
+    plain = lower_onnx(int8, calib=calib, threads=1, nhwc_shuffles=False)
     ops = [n.op_type for n in onnx.load_model_from_string(rewritten.data).graph.node]
     assert "DepthToSpace" not in ops and ops.count("Transpose") == 3
     assert any("1 pixel shuffle(s)" in note for note in rewritten.notes) and not plain.notes
