@@ -104,6 +104,8 @@ def nhwc_pixel_shuffles(model: onnx.ModelProto, int8_convs: list, overrides: dic
     convs with one group whose output feeds nothing but the shuffle and whose spatial size is
     known, and whose weight and bias are stored tensors no other node reads."""
     graph = model.graph
+    if not any(n.op_type == "DepthToSpace" for n in graph.node):
+        return 0   # spares the shape inference below
     inits = {t.name: t for t in graph.initializer}
     uses: dict[str, int] = {}
     for n in graph.node:
