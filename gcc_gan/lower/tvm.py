@@ -98,8 +98,9 @@ def cross_compiler(target: dict) -> str:
                             f"{target}); known: {sorted(CROSS_COMPILERS)}")
     compiler, package = entry
     if shutil.which(compiler) is None:
-        raise CrossCompilerMissing(f"linking for {arch} needs the cross compiler {compiler}, which is "
-                            f"not on PATH; install it (Debian/Ubuntu: apt-get install {package})")
+        raise CrossCompilerMissing(f"linking for {arch} needs the cross compiler {compiler}, "
+                                   f"which is not on PATH; install it (Debian/Ubuntu: apt-get "
+                                   f"install {package})")
     return compiler
 
 
