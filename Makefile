@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/cost_model.py
 	$(PY) benchmarks/latency_budget.py
 	$(PY) benchmarks/quality.py
+	$(PY) benchmarks/allocation.py
 
 teachers: $(STAMP)
 	$(PY) benchmarks/teachers.py

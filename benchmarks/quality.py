@@ -7,8 +7,8 @@ the digits task runs in a second process beside super-resolution, one thread eac
 Super-resolution (x4, scikit-image photographs; PSNR/SSIM against the held-out originals,
 border of 4 px shaved): bicubic for context; the teacher (RRDB under a bicubic skip); the
 teacher pruned by `prune_channels` to 1/4 and 1/10 of its MACs with layer-uniform importance
-(`layer_uniform` below), without fine-tuning; each then fine-tuned from its pruned weights by
-`gcc_gan.train.distill` with CAT's KA feature loss, with the MSE feature loss through 1x1
+(`gcc_gan.channels.importance.layer_uniform`), without fine-tuning; each then fine-tuned from
+its pruned weights by `gcc_gan.train.distill` with CAT's KA feature loss, with the MSE feature loss through 1x1
 adapters (the contrast CAT argues against), and with the reconstruction loss alone (the
 control: what the feature term adds); the 1/4 student pruned with the pass's default importance
 (no fine-tuning, and KA); and the KA 1/4 student compiled to int8 for x86 (`gcc_gan.compile`,
@@ -46,7 +46,7 @@ from rich.table import Table
 
 import gcc_gan
 from gcc_gan import trace, zoo
-from gcc_gan.channels.importance import default_importance
+from gcc_gan.channels.importance import layer_uniform
 from gcc_gan.measure import environment
 from gcc_gan.passes.channel_prune import PruneConfig, prune_channels
 from gcc_gan.train.distill import DistillConfig, distill
@@ -101,21 +101,6 @@ class _OnnxRunner(torch.nn.Module):
 
     def forward(self, x):
         return torch.as_tensor(self.by_size[tuple(x.shape[2:])].run(x))
-
-
-def layer_uniform(analysis) -> np.ndarray:
-    """Importance = a unit's rank within its channel group (by the default importance) divided
-    by the group size. One global threshold on it removes the same fraction of every group: the
-    least important channels of each layer, at a uniform width ratio (Li et al. 2017's L1 filter
-    pruning). The default importance compares slice norms across layers without their cost; on
-    the RRDB it cuts the 3 high-resolution convs (46% of the MACs) to 1 channel at 1/4 MACs,
-    and no fine-tuning recovers from that (the contrast rows show it)."""
-    scores = default_importance(analysis)
-    out = np.zeros_like(scores)
-    for group in analysis.groups:
-        order = group.units[np.argsort(scores[group.units], kind="stable")]
-        out[order] = np.arange(1, len(order) + 1) / len(order)
-    return out
 
 
 LOSS_NAMES = {"ka": "KA distillation", "mse": "MSE features + 1x1 adapters",

@@ -37,7 +37,7 @@ class PruneConfig:
     min_channels: int = 1             # per group
     round_to: int = 1                 # kept channels per group: a multiple of this (or all)
     narrow_round_to: int = 1          # the same for groups narrower than round_to
-    importance: Callable[[ChannelAnalysis], np.ndarray] | None = None  # default: CAT's |gamma|
+    importance: Callable[[ChannelAnalysis], np.ndarray] | None = None  # default_importance
 
     def __post_init__(self):
         if (self.budget_macs is None) == (self.ratio is None):

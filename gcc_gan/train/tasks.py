@@ -17,6 +17,7 @@ range of a tanh generator) and bilinearly resized to `size` x `size`.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -241,3 +242,55 @@ class BicubicResidual(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x) + F.interpolate(x, scale_factor=self.scale, mode="bicubic",
                                            align_corners=False)
+
+
+class GlobalResidual(nn.Module):
+    """A same-size image-to-image generator (CycleGAN's ResNet) as a restoration model:
+    u = x (x`scale` bicubic upsampled when scale > 1); y = u + net(u) (DnCNN's residual learning,
+    DeblurGAN's ResNet generator with a global skip)."""
+
+    def __init__(self, net: nn.Module, scale: int = 1):
+        super().__init__()
+        self.net, self.scale = net, scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.scale > 1:
+            x = F.interpolate(x, scale_factor=self.scale, mode="bicubic", align_corners=False)
+        return x + self.net(x)
+
+
+def noisy_pairs(names: tuple[str, ...], sigma: float, multiple: int = 4, seed: int = 0
+                ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(clean + N(0, sigma^2) noise, clean) of whole photographs, cropped to a `multiple`."""
+    g = torch.Generator().manual_seed(seed)
+    pairs = []
+    for name in names:
+        for clean in photographs(name):
+            h, w = clean.shape[1] // multiple * multiple, clean.shape[2] // multiple * multiple
+            clean = clean[:, :h, :w].contiguous()
+            pairs.append((clean + sigma * torch.randn(clean.shape, generator=g), clean))
+    return pairs
+
+
+class NoisyPatches:
+    """Endless (clean + N(0, sigma^2) noise, clean) training crops, fresh noise each time;
+    `state_dict` makes a run resumable."""
+
+    def __init__(self, config: SRConfig, sigma: float, names: tuple[str, ...] = SR_TRAIN):
+        self.crops = SRPatches(dataclasses.replace(config, scale=1), names)
+        self.sigma = sigma
+        self.generator = torch.Generator().manual_seed(config.seed + 1)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        _, clean = next(self.crops)
+        return clean + self.sigma * torch.randn(clean.shape, generator=self.generator), clean
+
+    def state_dict(self) -> dict:
+        return {"crops": self.crops.state_dict(), "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.crops.load_state_dict(state["crops"])
+        self.generator.set_state(state["generator"])

@@ -9,8 +9,8 @@ from gcc_gan.train.fid import (DigitsClassifier, digits_scores, frechet_distance
                                kernel_inception_distance)
 from gcc_gan.train.gan import Discriminator, GanConfig, GanTrainer, sample
 from gcc_gan.train.loop import run_steps
-from gcc_gan.train.tasks import (SR_HELD_OUT, SRConfig, SRPatches, degrade, digits, sr_metrics,
-                                 sr_pairs)
+from gcc_gan.train.tasks import (SR_HELD_OUT, GlobalResidual, NoisyPatches, SRConfig, SRPatches,
+                                 degrade, digits, noisy_pairs, sr_metrics, sr_pairs)
 
 
 def test_sr_patches_are_aligned_pairs_from_training_photographs_only():
@@ -26,6 +26,33 @@ def test_sr_patches_are_aligned_pairs_from_training_photographs_only():
     a = next(patches)[0]
     patches.load_state_dict(state)
     assert torch.equal(next(patches)[0], a)
+
+
+def test_noisy_patches_add_fresh_noise_of_sigma_and_resume():
+    patches = NoisyPatches(SRConfig(scale=1, patch=32, batch=8), 0.1, names=("astronaut",))
+    noisy, clean = next(patches)
+    assert noisy.shape == clean.shape == (8, 3, 32, 32)
+    assert (noisy - clean).std() == pytest.approx(0.1, rel=0.1)
+    state = patches.state_dict()
+    a = next(patches)
+    patches.load_state_dict(state)
+    b = next(patches)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_a_global_residual_with_a_silent_net_is_the_identity_or_bicubic():
+    class Silent(torch.nn.Module):
+        def forward(self, x):
+            return torch.zeros_like(x)
+
+    pairs = noisy_pairs(SR_HELD_OUT[:1], 0.1)
+    assert pairs[0][0].shape[1] % 4 == 0 and pairs[0][0].shape[2] % 4 == 0
+    identity = sr_metrics(GlobalResidual(Silent()), pairs, scale=1)["psnr"]
+    assert identity == pytest.approx(sr_metrics(torch.nn.Identity(), pairs, scale=1)["psnr"])
+    assert 15 < identity < 25  # sigma 0.1 noise: about 20 dB
+    lr = torch.rand(1, 3, 8, 8)
+    up = torch.nn.functional.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False)
+    assert torch.equal(GlobalResidual(Silent(), scale=4)(lr), up)
 
 
 def test_sr_metrics_run_a_program_traced_on_patches_at_photograph_size():
