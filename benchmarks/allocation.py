@@ -60,6 +60,14 @@ IMPORTANCES = {"sum": partial(default_importance, combine="sum"),
                "layer-uniform": layer_uniform}
 
 
+def _teacher(name: str) -> dict:
+    path = TEACHERS / name
+    if not path.exists():
+        raise SystemExit(f"{path} is missing: train the teachers first (`make teachers`, or "
+                         "`.venv/bin/python benchmarks/teachers.py --only resnet|sr|digits`)")
+    return torch.load(path, weights_only=False)
+
+
 def _short(groups: list[dict]) -> str:
     """Kept channels per group, in order; a ResnetGenerator's trunk (the last encoder conv's
     group) and block interiors by name."""
@@ -97,7 +105,7 @@ def _reference(console, task: str, name: str, psnr: float, **extra) -> dict:
 
 
 def denoising(args, console: Console) -> list[dict]:
-    blob = torch.load(TEACHERS / "denoise_resnet.pt", weights_only=False)
+    blob = _teacher("denoise_resnet.pt")
     sigma = blob["train"]["sigma"]
     teacher = GlobalResidual(zoo.resnet_generator(**blob["config"]))
     teacher.load_state_dict(blob["state_dict"])
@@ -116,7 +124,7 @@ def denoising(args, console: Console) -> list[dict]:
 
 
 def super_resolution(args, console: Console) -> list[dict]:
-    blob = torch.load(TEACHERS / "sr_rrdb.pt", weights_only=False)
+    blob = _teacher("sr_rrdb.pt")
     scale = blob["config"]["scale"]
     teacher = BicubicResidual(zoo.rrdb_generator(**blob["config"]), scale)
     teacher.load_state_dict(blob["state_dict"])
@@ -136,7 +144,7 @@ def super_resolution(args, console: Console) -> list[dict]:
 
 
 def dcgan_agreement(console: Console) -> dict:
-    blob = torch.load(TEACHERS / "digits_dcgan.pt", weights_only=False)
+    blob = _teacher("digits_dcgan.pt")
     gen = zoo.dcgan_generator(**blob["config"])
     gen.load_state_dict(blob["state_dict"])
     graph = trace(gen.eval(), (torch.randn(2, blob["config"]["nz"], 1, 1),))
@@ -188,8 +196,9 @@ def _print_tables(record: dict, console: Console) -> None:
                           f"{r['psnr_no_finetune']:.2f}" if tuned else "-", f"{r['psnr']:.2f}")
         console.print(table)
     if "latency" in record:
-        table = Table(title=f"compile(resnet9, 'x86', budget_macs={record['args']['budget_macs']:.0e}"
-                            "): ONNX Runtime int8, in turns", header_style="bold")
+        budget = record["args"]["budget_macs"]
+        table = Table(title=f"compile(resnet9, 'x86', budget_macs={budget:.0e}): ONNX Runtime "
+                            "int8, in turns", header_style="bold")
         for col in ("importance", "GMACs", "kept channels", "int8 convs", "ms"):
             table.add_column(col, justify="right")
         for r in record["latency"]:

@@ -8,9 +8,9 @@ Super-resolution (x4, scikit-image photographs; PSNR/SSIM against the held-out o
 border of 4 px shaved): bicubic for context; the teacher (RRDB under a bicubic skip); the
 teacher pruned by `prune_channels` to 1/4 and 1/10 of its MACs with layer-uniform importance
 (`gcc_gan.channels.importance.layer_uniform`), without fine-tuning; each then fine-tuned from
-its pruned weights by `gcc_gan.train.distill` with CAT's KA feature loss, with the MSE feature loss through 1x1
-adapters (the contrast CAT argues against), and with the reconstruction loss alone (the
-control: what the feature term adds); the 1/4 student pruned with the pass's default importance
+its pruned weights by `gcc_gan.train.distill` with CAT's KA feature loss, with the MSE
+feature loss through 1x1 adapters (the contrast CAT argues against), and with the
+reconstruction loss alone (the control: what the feature term adds); the 1/4 student pruned with the pass's default importance
 (no fine-tuning, and KA); and the KA 1/4 student compiled to int8 for x86 (`gcc_gan.compile`,
 run in ONNX Runtime). Every fine-tuning run has the same steps, learning rate, batches and
 reconstruction loss (L1 to the ground truth).

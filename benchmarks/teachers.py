@@ -18,8 +18,8 @@ Run: `make teachers` (or `.venv/bin/python benchmarks/teachers.py [--only sr|res
   the digits with the non-saturating GAN loss; reports FID/KID-digits against the real digits.
 
 Each file holds the state_dict, the zoo config and how it was trained; `teachers.json` holds
-the training times, thread counts and metrics. Training resumes from build/teachers/<name>/ after an
-interruption (`--fresh` starts over).
+the training times, thread counts and metrics. Training resumes from build/teachers/<name>/
+after an interruption (`--fresh` starts over).
 """
 
 from __future__ import annotations
@@ -60,27 +60,36 @@ def _checkpoint(name: str) -> CheckpointConfig:
     return CheckpointConfig(WORK / name, every=250)
 
 
-def train_sr(steps: int) -> dict:
-    cfg = {**SR_TRAIN, "steps": steps}
-    torch.manual_seed(cfg["seed"])
-    model = BicubicResidual(zoo.rrdb_generator(**SR_MODEL), SR_MODEL["scale"])
-    data = SRPatches(SRConfig(scale=SR_MODEL["scale"], patch=cfg["patch"], batch=cfg["batch"],
-                              seed=cfg["seed"]))
-    trainer = SupervisedTrainer(model, data, steps, lr=cfg["lr"], loss="l1")
-    history = run_steps(trainer.step, steps, state=trainer.state(), checkpoint=_checkpoint("sr"),
-                        description="SR teacher (RRDB)")
-    held_out = sr_pairs(SR_HELD_OUT, SR_MODEL["scale"])
-    quality = sr_metrics(model, held_out, SR_MODEL["scale"])
-    bicubic = sr_metrics(torch.nn.Upsample(scale_factor=SR_MODEL["scale"], mode="bicubic"),
-                         held_out, SR_MODEL["scale"])
-    torch.save({"state_dict": model.state_dict(), "config": SR_MODEL, "skip": "bicubic",
-                "train": cfg, "held_out": SR_HELD_OUT}, OUT / "sr_rrdb.pt")
-    return {"model": "BicubicResidual(rrdb_generator)", "config": SR_MODEL, "train": cfg,
-            "params": sum(p.numel() for p in model.parameters()),
+def _restoration_teacher(name: str, description: str, model, data, cfg: dict, held_out,
+                         scale: int, baseline: tuple[str, torch.nn.Module], saved: dict) -> dict:
+    """Train `model` with L1 on `data`, score it and a network-free `baseline` on the held-out
+    pairs, and save it as `name`.pt with `saved` (its config) beside the state_dict."""
+    trainer = SupervisedTrainer(model, data, cfg["steps"], lr=cfg["lr"], loss="l1")
+    history = run_steps(trainer.step, cfg["steps"], state=trainer.state(),
+                        checkpoint=_checkpoint(name), description=description)
+    quality = sr_metrics(model, held_out, scale)
+    reference = sr_metrics(baseline[1], held_out, scale)
+    torch.save({"state_dict": model.state_dict(), **saved, "train": cfg,
+                "held_out": SR_HELD_OUT}, OUT / f"{name}.pt")
+    return {"train": cfg, "params": sum(p.numel() for p in model.parameters()),
             "seconds_this_run": history.seconds, "resumed_from_step": history.resumed_from,
             "loss_last_100": history.mean("loss", last=100),
             "held_out": list(SR_HELD_OUT), "psnr": quality["psnr"], "ssim": quality["ssim"],
-            "bicubic_psnr": bicubic["psnr"], "bicubic_ssim": bicubic["ssim"]}
+            f"{baseline[0]}_psnr": reference["psnr"], f"{baseline[0]}_ssim": reference["ssim"]}
+
+
+def train_sr(steps: int) -> dict:
+    cfg = {**SR_TRAIN, "steps": steps}
+    torch.manual_seed(cfg["seed"])
+    scale = SR_MODEL["scale"]
+    model = BicubicResidual(zoo.rrdb_generator(**SR_MODEL), scale)
+    data = SRPatches(SRConfig(scale=scale, patch=cfg["patch"], batch=cfg["batch"],
+                              seed=cfg["seed"]))
+    bicubic = torch.nn.Upsample(scale_factor=scale, mode="bicubic")
+    return {"model": "BicubicResidual(rrdb_generator)", "config": SR_MODEL,
+            **_restoration_teacher("sr_rrdb", "SR teacher (RRDB)", model, data, cfg,
+                                   sr_pairs(SR_HELD_OUT, scale), scale, ("bicubic", bicubic),
+                                   {"config": SR_MODEL, "skip": "bicubic"})}
 
 
 def train_resnet(steps: int) -> dict:
@@ -89,20 +98,11 @@ def train_resnet(steps: int) -> dict:
     model = GlobalResidual(zoo.resnet_generator(**RESNET_MODEL))
     data = NoisyPatches(SRConfig(scale=1, patch=cfg["patch"], batch=cfg["batch"],
                                  seed=cfg["seed"]), cfg["sigma"])
-    trainer = SupervisedTrainer(model, data, steps, lr=cfg["lr"], loss="l1")
-    history = run_steps(trainer.step, steps, state=trainer.state(),
-                        checkpoint=_checkpoint("resnet"), description="ResNet teacher (denoising)")
-    held_out = noisy_pairs(SR_HELD_OUT, cfg["sigma"])
-    quality = sr_metrics(model, held_out, scale=1)
-    noisy = sr_metrics(torch.nn.Identity(), held_out, scale=1)
-    torch.save({"state_dict": model.state_dict(), "config": RESNET_MODEL, "skip": "identity",
-                "train": cfg, "held_out": SR_HELD_OUT}, OUT / "denoise_resnet.pt")
-    return {"model": "GlobalResidual(resnet_generator)", "config": RESNET_MODEL, "train": cfg,
-            "params": sum(p.numel() for p in model.parameters()),
-            "seconds_this_run": history.seconds, "resumed_from_step": history.resumed_from,
-            "loss_last_100": history.mean("loss", last=100),
-            "held_out": list(SR_HELD_OUT), "psnr": quality["psnr"], "ssim": quality["ssim"],
-            "noisy_psnr": noisy["psnr"], "noisy_ssim": noisy["ssim"]}
+    return {"model": "GlobalResidual(resnet_generator)", "config": RESNET_MODEL,
+            **_restoration_teacher("denoise_resnet", "ResNet teacher (denoising)", model, data,
+                                   cfg, noisy_pairs(SR_HELD_OUT, cfg["sigma"]), 1,
+                                   ("noisy", torch.nn.Identity()),
+                                   {"config": RESNET_MODEL, "skip": "identity"})}
 
 
 def train_classifier(steps: int) -> tuple[torch.nn.Module, dict]:
@@ -136,7 +136,8 @@ def train_dcgan(steps: int, classifier: torch.nn.Module) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=["sr", "resnet", "digits"], help="train one task's teachers")
+    parser.add_argument("--only", choices=["sr", "resnet", "digits"],
+                        help="train one task's teachers")
     parser.add_argument("--sr-steps", type=int, default=SR_TRAIN["steps"])
     parser.add_argument("--resnet-steps", type=int, default=RESNET_TRAIN["steps"])
     parser.add_argument("--gan-steps", type=int, default=DCGAN_TRAIN["steps"])
@@ -151,32 +152,23 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     record_path = OUT / "teachers.json"
     record = json.loads(record_path.read_text()) if record_path.exists() else {}
-    for entry in ("digits_classifier", "digits_dcgan", "sr_rrdb"):   # before per-entry threads
-        if entry in record and "threads" in record:
-            record[entry].setdefault("threads", record["threads"])
-    record.pop("threads", None)
+
+    def timed(key: str, train, *train_args):
+        start = time.perf_counter()
+        out = train(*train_args)
+        entry = out[1] if isinstance(out, tuple) else out
+        record[key] = {**entry, "wall_seconds": time.perf_counter() - start,
+                       "threads": args.threads}
+        record_path.write_text(json.dumps(record, indent=2))  # after each: none is lost
+        return out
+
     if args.only in (None, "digits"):
-        start = time.perf_counter()
-        classifier, record["digits_classifier"] = train_classifier(args.classifier_steps)
-        record["digits_classifier"]["wall_seconds"] = time.perf_counter() - start
-        record["digits_classifier"]["threads"] = args.threads
-        start = time.perf_counter()
-        record["digits_dcgan"] = train_dcgan(args.gan_steps, classifier)
-        record["digits_dcgan"]["wall_seconds"] = time.perf_counter() - start
-        record["digits_dcgan"]["threads"] = args.threads
-        record_path.write_text(json.dumps(record, indent=2))
+        classifier, _ = timed("digits_classifier", train_classifier, args.classifier_steps)
+        timed("digits_dcgan", train_dcgan, args.gan_steps, classifier)
     if args.only in (None, "sr"):
-        start = time.perf_counter()
-        record["sr_rrdb"] = train_sr(args.sr_steps)
-        record["sr_rrdb"]["wall_seconds"] = time.perf_counter() - start
-        record["sr_rrdb"]["threads"] = args.threads
-        record_path.write_text(json.dumps(record, indent=2))
+        timed("sr_rrdb", train_sr, args.sr_steps)
     if args.only in (None, "resnet"):
-        start = time.perf_counter()
-        record["denoise_resnet"] = train_resnet(args.resnet_steps)
-        record["denoise_resnet"]["wall_seconds"] = time.perf_counter() - start
-        record["denoise_resnet"]["threads"] = args.threads
-        record_path.write_text(json.dumps(record, indent=2))
+        timed("denoise_resnet", train_resnet, args.resnet_steps)
     print(json.dumps(record, indent=2))
     for f in sorted(OUT.glob("*.pt")):
         print(f"{f.name}: {f.stat().st_size / 1e6:.2f} MB")
