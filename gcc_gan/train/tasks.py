@@ -246,16 +246,14 @@ class BicubicResidual(nn.Module):
 
 class GlobalResidual(nn.Module):
     """A same-size image-to-image generator (CycleGAN's ResNet) as a restoration model:
-    u = x (x`scale` bicubic upsampled when scale > 1); y = u + net(u) (DnCNN's residual learning,
-    DeblurGAN's ResNet generator with a global skip)."""
+    y = x + net(x) (DnCNN's residual learning, DeblurGAN's ResNet generator with a global
+    skip)."""
 
-    def __init__(self, net: nn.Module, scale: int = 1):
+    def __init__(self, net: nn.Module):
         super().__init__()
-        self.net, self.scale = net, scale
+        self.net = net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.scale > 1:
-            x = F.interpolate(x, scale_factor=self.scale, mode="bicubic", align_corners=False)
         return x + self.net(x)
 
 

@@ -40,7 +40,7 @@ def test_noisy_patches_add_fresh_noise_of_sigma_and_resume():
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
-def test_a_global_residual_with_a_silent_net_is_the_identity_or_bicubic():
+def test_a_global_residual_with_a_silent_net_is_the_identity():
     class Silent(torch.nn.Module):
         def forward(self, x):
             return torch.zeros_like(x)
@@ -50,9 +50,6 @@ def test_a_global_residual_with_a_silent_net_is_the_identity_or_bicubic():
     identity = sr_metrics(GlobalResidual(Silent()), pairs, scale=1)["psnr"]
     assert identity == pytest.approx(sr_metrics(torch.nn.Identity(), pairs, scale=1)["psnr"])
     assert 15 < identity < 25  # sigma 0.1 noise: about 20 dB
-    lr = torch.rand(1, 3, 8, 8)
-    up = torch.nn.functional.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False)
-    assert torch.equal(GlobalResidual(Silent(), scale=4)(lr), up)
 
 
 def test_sr_metrics_run_a_program_traced_on_patches_at_photograph_size():
