@@ -204,6 +204,8 @@ def compile(model: nn.Module, target: str | target_profiles.Target = "x86", *,
             with step(", ".join(pipeline[cut:]) + ", lowering to ONNX"):
                 built = build(budget_macs)
         graph, lowered = built.graph, built.lowered
+        notes += [f"int8 weights are 7-bit: {e.details['weight_bits_why']}" for e in built.entries
+                  if e.name == "quantize_int8" and e.details.get("weight_bits") == 7]
         with step("measuring fidelity"):
             fid, fid_inputs = fidelity_vs(original, lowered.run, calib, inputs)
         tvm_model = None

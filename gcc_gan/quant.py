@@ -7,8 +7,10 @@ range [q_min, q_max]:
     zero_point = round(q_min - r_min / scale)                 clamped to [q_min, q_max]
     q          = clamp(round(r / scale) + zero_point, q_min, q_max)
     r_hat      = (q - zero_point) * scale
-Symmetric (int8 weights): r_max = -r_min = max|r|, q in [-127, 127], zero_point = 0. The range
-always includes 0, so zero padding and ReLU zeros are exact.
+Symmetric (int8 weights): r_max = -r_min = max|r|, q in [-127, 127], zero_point = 0; with 7-bit
+weights q in [-63, 63] (for runtimes whose int8 kernels saturate int16 pair sums, see
+`gcc_gan.runtime.int8_pairs_saturate`). The range always includes 0, so zero padding and ReLU
+zeros are exact.
 
 Observers pick [r_min, r_max] from calibration values: `minmax` (the extremes), `percentile`
 (clip the tails at p and 100 - p), `mse` (the clipping that minimises the mean squared
@@ -33,16 +35,18 @@ class QParams:
     zero_point: np.ndarray
     dtype: str              # "int8" | "uint8"
     axis: int | None = None
+    bits: int = 8           # symmetric int8 weights may use 7 (q in [-63, 63])
 
     @property
     def qrange(self) -> tuple[int, int]:
-        return qrange(self.dtype, symmetric=self.dtype == "int8")
+        return qrange(self.dtype, symmetric=self.dtype == "int8", bits=self.bits)
 
 
-def qrange(dtype: str, symmetric: bool) -> tuple[int, int]:
+def qrange(dtype: str, symmetric: bool, bits: int = 8) -> tuple[int, int]:
     if dtype == "uint8":
         return 0, 255
-    return (-127, 127) if symmetric else (-128, 127)
+    q_max = 2 ** (bits - 1) - 1
+    return (-q_max, q_max) if symmetric else (-128, 127)
 
 
 def affine_qparams(r_min: float, r_max: float, dtype: str) -> QParams:
@@ -54,16 +58,19 @@ def affine_qparams(r_min: float, r_max: float, dtype: str) -> QParams:
     return QParams(np.array([scale], np.float32), np.array([zero_point]), dtype)
 
 
-def symmetric_qparams(weight: torch.Tensor, per_channel: bool, axis: int = 0) -> QParams:
-    """int8 symmetric parameters for a weight, per tensor or per output channel."""
+def symmetric_qparams(weight: torch.Tensor, per_channel: bool, axis: int = 0,
+                      bits: int = 8) -> QParams:
+    """int8 symmetric parameters for a weight, per tensor or per output channel; `bits` 7 uses
+    half the int8 range."""
     w = weight.detach().float()
     if per_channel:
         amax = w.movedim(axis, 0).reshape(w.shape[axis], -1).abs().amax(dim=1).numpy()
     else:
         amax = np.array([w.abs().max().item()])
-    scale = np.maximum(amax, 1e-12).astype(np.float32) / 127.0
+    _, q_max = qrange("int8", symmetric=True, bits=bits)
+    scale = np.maximum(amax, 1e-12).astype(np.float32) / q_max
     return QParams(scale, np.zeros_like(scale, dtype=np.int64), "int8",
-                   axis if per_channel else None)
+                   axis if per_channel else None, bits)
 
 
 def fake_quantize(x: torch.Tensor, qp: QParams) -> torch.Tensor:

@@ -39,6 +39,7 @@ from gcc_gan.ir.meta import arg, attr, node_val, source_module
 from gcc_gan.ir.shapes import BatchOneShapes
 from gcc_gan.ir.trace import copy_module, trace
 from gcc_gan.metrics import psnr
+from gcc_gan.runtime import int8_pairs_saturate
 from gcc_gan.quant import (ADD_QUANT_KEY, OBSERVERS, QUANT_KEY, AddQuant, LayerQuant, Observer,
                            fake_quantize, symmetric_qparams)
 
@@ -47,6 +48,7 @@ class QuantConfig:
     observer: str = "minmax"            # "minmax" | "percentile" | "mse", for activations
     percentile: float = 99.99
     per_channel: bool = False           # weights: one scale per output channel, or per tensor
+    weight_bits: int | None = None      # 8 or 7; None: the target's `int8_weight_bits`
     activations: str = "uint8"          # "uint8" | "int8"
     min_psnr: float | None = None       # dB vs the float model; None: every eligible layer int8
     max_calib_batches: int = 8
@@ -58,6 +60,8 @@ class QuantConfig:
             raise ValueError(f"observer must be one of {OBSERVERS}, got {self.observer!r}")
         if self.activations not in ("uint8", "int8"):
             raise ValueError(f"activations must be 'uint8' or 'int8', got {self.activations!r}")
+        if self.weight_bits not in (None, 7, 8):
+            raise ValueError(f"weight_bits must be 7, 8 or None, got {self.weight_bits!r}")
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,8 @@ class QuantReport:
     params_after: int
     name: str = "quantize_int8"
     int8_adds: tuple[str, ...] = ()    # "node (module)" of each add run in int8
+    weight_bits: int = 8
+    weight_bits_why: str = ""
 
 
 @dataclass(frozen=True)
@@ -219,6 +225,7 @@ def quantize_int8(graph: GanGraph, target=None, config: QuantConfig = QuantConfi
                   calib_data=None, speed: SpeedCheck | None = None) -> QuantResult:
     gm = copy_module(graph.module)
     chosen, skipped = int8_candidates(gm)
+    bits, bits_why = weight_bits(config, target)
     batches, calibration = _batches(calib_data, graph.example_inputs, config.max_calib_batches)
     adds = _residual_adds(gm) if config.int8_adds else []
     watch = {}
@@ -235,7 +242,7 @@ def quantize_int8(graph: GanGraph, target=None, config: QuantConfig = QuantConfi
         plan[node.name] = LayerQuant(
             node=node.name, module=source_module(node), weight=node.args[1].target,
             input=node.args[0].name,
-            weight_qparams=symmetric_qparams(weight, config.per_channel),
+            weight_qparams=symmetric_qparams(weight, config.per_channel, bits=bits),
             input_qparams=watch[node.args[0].name].qparams(config.activations),
             output_qparams=watch[node.name].qparams(config.activations), sensitivity_psnr=math.nan)
     if speed is not None and config.speed_check and plan:
@@ -265,8 +272,23 @@ def quantize_int8(graph: GanGraph, target=None, config: QuantConfig = QuantConfi
         layers=tuple(_layer_entry(q) for q in plan.values()), float_layers=tuple(skipped),
         simulated_psnr=simulated, calibration=calibration, macs_before=graph.macs,
         macs_after=graph.macs, params_before=graph.params, params_after=graph.params,
-        int8_adds=tuple(f"{name} ({q.module})" for name, q in int8_adds.items()))
+        int8_adds=tuple(f"{name} ({q.module})" for name, q in int8_adds.items()),
+        weight_bits=bits, weight_bits_why=bits_why)
     return QuantResult(quantized, report, tuple(plan.values()))
+
+
+def weight_bits(config: QuantConfig, target=None) -> tuple[int, str]:
+    """The int8 weights' bits (8 or 7) and why: the config's, else the target's, else (no
+    target, or the target says "host") what this host's ONNX Runtime needs."""
+    if config.weight_bits is not None:
+        return config.weight_bits, "QuantConfig.weight_bits"
+    wanted = getattr(target, "int8_weight_bits", "host")
+    if wanted != "host":
+        return wanted, f"target {target.name}"
+    if int8_pairs_saturate():
+        return 7, ("this host's ONNX Runtime int8 convs saturate int16 sums of uint8 x int8 "
+                   "product pairs (an x86 CPU without VNNI): 7-bit weights keep them exact")
+    return 8, "this host's ONNX Runtime int8 convs accumulate exactly"
 
 
 _ADDS = ops.op_set("add")

@@ -16,11 +16,14 @@ import dataclasses
 import json
 import os
 import tomllib
+import warnings
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
+
+from gcc_gan.measure import CPU_FLAGS, environment
 
 COST_MODELS = ("roofline", "crossbar")
 MEASUREMENTS = ("onnxruntime", "tvm", "tvm-rpc", "cost-model")
@@ -64,6 +67,9 @@ class Target:
     # this; rewrites that choose an output count (split_taps) round up to it with zero outputs
     output_channel_multiple: int = 1
     precisions: tuple[str, ...] = ("fp32",)
+    # int8 weights use 8 or 7 bits; "host": 7 where this host's ONNX Runtime int8 kernels
+    # saturate int16 sums of product pairs (x86 without VNNI), else 8
+    int8_weight_bits: int | str = 8
     sparsity: tuple[str, ...] = ()           # patterns with kernels: "unstructured", "2:4"
     peak_macs_per_s: Mapping[str, float] = field(default_factory=dict)  # dtype -> MAC/s
     bandwidth_bytes_per_s: float = 0.0
@@ -86,6 +92,9 @@ class Target:
                 raise ValueError(f"target {self.name}: a roofline profile needs peak_macs_per_s "
                                  f"for each precision (missing {missing}) and "
                                  f"bandwidth_bytes_per_s > 0")
+        if self.int8_weight_bits not in (7, 8, "host"):
+            raise ValueError(f"target {self.name}: int8_weight_bits must be 7, 8 or 'host', "
+                             f"got {self.int8_weight_bits!r}")
         if self.cost_model == "crossbar" and not self.crossbar:
             raise ValueError(f"target {self.name}: cost_model 'crossbar' needs a [crossbar] table")
 
@@ -145,7 +154,19 @@ def load_tuned(target: Target, path: Path) -> Target:
         raise ValueError(f"{path} is not a tuned profile of target {target.name!r}; "
                          f"re-run `gcc-gan tune --target {target.name}`")
     kernels = {k: KernelFit(**v) for k, v in data["kernels"].items()}
+    _warn_if_tuned_on_another_cpu(data.get("environment") or {}, path, target.name)
     return target.with_kernels(kernels, str(path))
+
+
+def _warn_if_tuned_on_another_cpu(tuned: Mapping[str, str], path: Path, name: str) -> None:
+    """Kernel costs carry over only to the CPU they were measured on: without VNNI, ONNX
+    Runtime's int8 convs peak at half the MAC/s (183 against 364 GMAC/s on two cores)."""
+    here = environment()
+    differ = [f"{key}: {tuned[key]} there, {here[key]} here" for key in ("cpu", *CPU_FLAGS)
+              if key in tuned and tuned[key] != here[key]]
+    if differ:
+        warnings.warn(f"{path} was tuned on another CPU ({'; '.join(differ)}): its kernel costs "
+                      f"may not hold here; re-run `gcc-gan tune --target {name}`", stacklevel=3)
 
 
 def get(name: str | Target, *, tuned: bool = True) -> Target:

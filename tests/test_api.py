@@ -51,6 +51,8 @@ def test_every_zoo_model_compiles_to_int8_at_25_percent(name, tmp_path):
     assert [p.name for p in out.report.passes][-1] == "quantize_int8"
     low = out.report.lowering
     assert low["int8_layers"] == 0 or low["int8_psnr_vs_float"] > 30
+    bits = next(p.details["weight_bits"] for p in out.report.passes if p.name == "quantize_int8")
+    assert any("int8 weights are 7-bit" in n for n in out.report.notes) == (bits == 7)
     for batch in (1, 4):
         x = zoo.example_inputs(name, batch=batch, seed=batch)
         with torch.no_grad():

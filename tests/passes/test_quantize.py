@@ -13,7 +13,8 @@ import gcc_gan
 from gcc_gan import trace, zoo
 from gcc_gan.lower import lower_onnx
 from gcc_gan.metrics import psnr
-from gcc_gan.passes.quantize import QuantConfig, quantize_int8
+from gcc_gan.passes import quantize as quantize_module
+from gcc_gan.passes.quantize import QuantConfig, quantize_int8, weight_bits
 from gcc_gan.quant import (Observer, affine_qparams, fake_quantize, quant_plan,
                            symmetric_qparams)
 
@@ -38,6 +39,44 @@ def test_symmetric_weights_per_tensor_and_per_channel():
     err_tensor = (fake_quantize(w, per_tensor)[0:1] - small).abs().mean()
     err_channel = (fake_quantize(w, per_channel)[0:1] - small).abs().mean()
     assert err_channel < err_tensor / 10
+
+
+def test_7_bit_weights_use_half_the_range():
+    w = torch.linspace(-2.0, 1.0, 301).reshape(1, 301, 1, 1)
+    qp = symmetric_qparams(w, per_channel=False, bits=7)
+    assert qp.qrange == (-63, 63)
+    assert np.round(w.numpy() / qp.scale[0]).min() == -63
+    err = (fake_quantize(w, qp) - w).abs().max().item()
+    assert err <= qp.scale[0] / 2 + 1e-7
+
+
+@pytest.mark.parametrize("config, target, saturates, bits", [
+    (QuantConfig(weight_bits=8), None, True, 8),        # the user's choice wins
+    (QuantConfig(), gcc_gan.targets.get("arm"), True, 8),   # a board's own profile: SDOT
+    (QuantConfig(), gcc_gan.targets.get("x86"), True, 7),   # "host": the probe decides
+    (QuantConfig(), gcc_gan.targets.get("x86"), False, 8),
+    (QuantConfig(), None, True, 7),
+])
+def test_weight_bits_come_from_config_then_target_then_host(config, target, saturates, bits,
+                                                            monkeypatch):
+    monkeypatch.setattr(quantize_module, "int8_pairs_saturate", lambda: saturates)
+    assert weight_bits(config, target)[0] == bits
+
+
+def test_the_deployed_int8_conv_computes_what_the_pass_simulates():
+    # every input at the top of its range and every weight at the top of its: where the host's
+    # int8 kernel saturates int16 pair sums (x86 without VNNI), 8-bit weights came out at half
+    # the simulated value (ONNX Runtime 1.32, AVX2); the pass must pick weights that fit
+    conv = torch.nn.Conv2d(64, 8, 1, bias=False)
+    torch.nn.init.constant_(conv.weight, 0.05)
+    x = (torch.ones(1, 64, 4, 4),)
+    graph = trace(conv, x)
+    result = quantize_int8(graph, calib_data=[x])
+    with torch.no_grad():
+        expected = graph(*x)
+    got = lower_onnx(result.graph, calib=[x]).run(*x)
+    step = result.plan[0].output_qparams.scale[0]
+    assert (got - expected).abs().max().item() <= 2 * step
 
 
 def test_observers_choose_different_ranges_on_heavy_tails():

@@ -2,10 +2,12 @@
 
 import dataclasses
 import json
+import warnings
 
 import pytest
 
 from gcc_gan import targets
+from gcc_gan.measure import environment
 from gcc_gan.targets import KernelFit, Target
 
 BOARD = """
@@ -50,6 +52,7 @@ def test_a_board_is_one_toml_file_or_one_register_call():
     (BOARD.replace("fp32 = 1e9", "int8 = 1e9"), "needs peak_macs_per_s for each precision"),
     (BOARD.replace('measurement = "cost-model"', 'measurement = "oscilloscope"'), "measurement must"),
     (BOARD.replace("channel_alignment = 4", 'cost_model = "crossbar"'), r"needs a \[crossbar\]"),
+    (BOARD.replace("channel_alignment = 4", "int8_weight_bits = 4"), "int8_weight_bits must be"),
 ])
 def test_bad_profiles_say_what_is_wrong(text, message):
     with pytest.raises(ValueError, match=message):
@@ -82,3 +85,16 @@ def test_a_tuned_file_for_another_target_is_refused(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="not a tuned profile of target 'x86'"):
         targets.get("x86")
     assert json.loads(targets.tuned_path("x86").read_text())["target"] == "arm"
+
+
+def test_a_profile_tuned_on_another_cpu_warns(tmp_path, monkeypatch):
+    monkeypatch.setenv("GCC_GAN_HOME", str(tmp_path))
+    here = environment()
+    targets.save_tuned(targets.get("x86"), {}, {"environment": here})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        targets.get("x86")   # tuned here: silent
+    other = {**here, "avx512_vnni": "no" if here["avx512_vnni"] == "yes" else "yes"}
+    targets.save_tuned(targets.get("x86", tuned=False), {}, {"environment": other})
+    with pytest.warns(UserWarning, match="tuned on another CPU .*avx512_vnni.*re-run `gcc-gan tune"):
+        targets.get("x86")
