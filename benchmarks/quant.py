@@ -8,7 +8,8 @@ PSNR of int8 vs fp32 output. Then the end-to-end figure: compile(resnet9, target
 budget_macs=3e9) in int8 vs the dense model in eager torch fp32, with, in the same turns, the
 compiled program lowered without the NHWC pixel shuffles (`lower_onnx(nhwc_shuffles=False)`).
 Calibration uses random inputs (no trained weights or data here), so PSNR measures quantization
-error on those.
+error on those. Also printed: the pruned model's int8 PSNR with 8- and 7-bit weights, and which
+this host gets (7 where ONNX Runtime's int8 convs saturate, x86 without VNNI).
 Writes benchmarks/results/quant.json.
 """
 
@@ -25,12 +26,12 @@ from rich.table import Table
 import gcc_gan
 from gcc_gan import targets, trace
 from gcc_gan.lower import lower_onnx
-from gcc_gan.measure import time_side_by_side
+from gcc_gan.measure import environment, time_side_by_side
 from gcc_gan.metrics import psnr
 from gcc_gan.passes.channel_prune import PruneConfig, prune_channels
 from gcc_gan.passes.deconv_to_subpixel import deconv_to_subpixel
 from gcc_gan.passes.fold_norms import fold_norms
-from gcc_gan.passes.quantize import quantize_int8
+from gcc_gan.passes.quantize import QuantConfig, quantize_int8, weight_bits
 from gcc_gan.passes.split_taps import split_taps
 
 from common import resnet9_workload  # noqa: E402  (benchmarks/ is on sys.path)
@@ -60,6 +61,21 @@ def variant(name: str, graph, subpixel: bool, calib, x, split: bool = False) -> 
             "fp32_ms": t32, "int8_ms": t8, "speedup": t32 / t8, "int8_psnr_vs_fp32": quality}
 
 
+def weight_bits_psnr(graph, calib) -> dict:
+    """PSNR of the int8 program vs its float one with 8- and 7-bit weights, and the bits this
+    host gets by default: where ONNX Runtime's int8 convs saturate int16 pair sums (x86
+    without VNNI), 8 bits lose several dB."""
+    g = split_taps(deconv_to_subpixel(graph).graph, targets.get("x86")).graph
+    fp32 = torch.cat([lower_onnx(g).run(*b) for b in calib])
+    scores = {}
+    for bits in (8, 7):
+        q = quantize_int8(g, config=QuantConfig(weight_bits=bits), calib_data=calib).graph
+        int8 = lower_onnx(q, calib=calib)
+        scores[bits] = psnr(torch.cat([int8.run(*b) for b in calib]), fp32)
+    auto, why = weight_bits(QuantConfig(), targets.get("x86"))
+    return {"auto": auto, "why": why, "psnr": scores}
+
+
 def main() -> None:
     warnings.simplefilter("ignore")
     console = Console(width=160)
@@ -73,6 +89,8 @@ def main() -> None:
             for subpixel in (False, True):
                 rows.append(variant(name, graph, subpixel, calib, x))
         rows.append(variant(f"pruned 3e9 (x{align})", pruned, True, calib, x, split=True))
+    with console.status("7- vs 8-bit weights ..."):
+        bits = weight_bits_psnr(pruned, calib)
     table = Table(title="ResNet-9 256x256, ONNX Runtime fp32 vs int8 (batch 1)", header_style="bold")
     for col in ("model", "subpixel", "split_taps", "MACs", "int8 convs", "fp32 ms", "int8 ms", "int8 speedup",
                 "PSNR int8 vs fp32"):
@@ -83,6 +101,9 @@ def main() -> None:
                       str(r["int8_layers"]), f"{r['fp32_ms']:.1f}", f"{r['int8_ms']:.1f}",
                       f"{r['speedup']:.2f}x", f"{r['int8_psnr_vs_fp32']:.1f} dB")
     console.print(table)
+    console.print(f"int8 weight bits on this host: {bits['auto']} ({bits['why']}); PSNR int8 vs "
+                  f"fp32 of the pruned model (sub-pixel, split_taps) with 8-bit weights "
+                  f"{bits['psnr'][8]:.1f} dB, with 7-bit {bits['psnr'][7]:.1f} dB")
 
     with console.status("compile(resnet9, x86, budget_macs=3e9) ..."):
         out = gcc_gan.compile(model, "x86", budget_macs=3e9, example_inputs=(x,), calib_data=calib,
@@ -115,6 +136,7 @@ def main() -> None:
                   f"it: {ab['depth_to_space']:.1f} vs {ab['nhwc']:.1f} ms")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"threads": torch.get_num_threads(), "variants": rows,
+                                   "weight_bits": bits, "environment": environment(),
                                    "end_to_end": {"eager_fp32_dense_ms": ms["eager"],
                                                   "compiled_int8_ms": ms["compiled"],
                                                   "ab_nhwc_shuffles_ms": ab["nhwc"],
