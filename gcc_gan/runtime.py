@@ -45,8 +45,8 @@ def int8_pairs_saturate() -> bool:
     On x86 CPUs without VNNI (AVX2, AVX-512F), MLAS multiplies uint8 activations by int8
     weights with VPMADDUBSW, which adds each two adjacent products into an int16 with
     saturation: 255 * 127 * 2 = 64770 does not fit, and a conv whose inputs and weights are both
-    near their extremes loses accuracy (ONNX Runtime's quantization guide: use 7-bit weights
-    there). Measured rather than read from CPU flags, since the runtime picks its kernel by
+    near their extremes loses accuracy (ONNX Runtime's quantization guide suggests reduce_range,
+    7-bit weights, there). Measured rather than read from CPU flags, since the runtime picks its kernel by
     what it finds: a 1x1 int8 conv over 64 channels of 255 with weights of 127 gives 64 * 255 *
     127 exactly, or 32 * 32767 where pairs saturate.
     """

@@ -68,7 +68,7 @@ def _x(c: int, hw: int) -> torch.Tensor:
 
 
 def spread(target: Target, size: str = "full", seed: int = 0) -> list[Probe]:
-    """The probes to measure: "full" (116 probes, minutes) or "quick" (a few per kind, seconds)."""
+    """The probes to measure: "full" (125 probes, minutes) or "quick" (a few per kind, seconds)."""
     rng = random.Random(seed)
     n = {"full": 1, "quick": 0}[size]
     int8 = "int8" in target.precisions and "quantize_int8" in target.passes
@@ -90,11 +90,19 @@ def spread(target: Target, size: str = "full", seed: int = 0) -> list[Probe]:
         c, hw = rng.choice(WIDTHS[1:]), rng.choice(RESOLUTIONS)
         probes.append(Probe(f"depthwise 3x3 {c} @{hw}", nn.Conv2d(c, c, 3, 1, 1, groups=c),
                             (_x(c, hw),), int8))
-    for _ in range(12 if n else 2):
-        cin, cout, hw = rng.choice(WIDTHS), rng.choice(WIDTHS), rng.choice(RESOLUTIONS[:3])
+    # generators upsample from a latent at 1 px (k4 s1) and through 4-8 px with the most
+    # channels: probes at 16-64 px alone fitted a weight term that put a DCGAN's and a U-Net's
+    # transposed convs at 2-3x their time
+    for _ in range(18 if n else 2):
+        cin, cout = rng.choice(WIDTHS), rng.choice(WIDTHS)
+        hw = rng.choice((4, 8, *RESOLUTIONS[:3]))
         k, pad, out_pad = rng.choice(((3, 1, 1), (4, 1, 0)))
         probes.append(Probe(f"conv_transpose k{k} {cin}->{cout} @{hw}",
                             nn.ConvTranspose2d(cin, cout, k, 2, pad, out_pad), (_x(cin, hw),)))
+    for _ in range(3 if n else 1):
+        cin, cout = rng.choice((64, 100, 128, 256)), rng.choice((128, 256, 512))
+        probes.append(Probe(f"conv_transpose k4 s1 {cin}->{cout} @1",
+                            nn.ConvTranspose2d(cin, cout, 4, 1, 0), (_x(cin, 1),)))
     for _ in range(6 if n else 2):
         fin, fout = rng.choice((64, 128, 256, 512)), rng.choice((256, 1024, 4096, 8192))
         probes.append(Probe(f"linear {fin}->{fout}", nn.Linear(fin, fout), (torch.randn(1, fin),)))

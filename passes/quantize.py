@@ -39,9 +39,9 @@ from gcc_gan.ir.meta import arg, attr, node_val, source_module
 from gcc_gan.ir.shapes import BatchOneShapes
 from gcc_gan.ir.trace import copy_module, trace
 from gcc_gan.metrics import psnr
-from gcc_gan.runtime import int8_pairs_saturate
 from gcc_gan.quant import (ADD_QUANT_KEY, OBSERVERS, QUANT_KEY, AddQuant, LayerQuant, Observer,
                            fake_quantize, symmetric_qparams)
+from gcc_gan.runtime import int8_pairs_saturate
 
 @dataclass(frozen=True)
 class QuantConfig:
