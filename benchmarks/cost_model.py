@@ -27,6 +27,7 @@ from rich.table import Table
 
 from gcc_gan import targets, trace, zoo
 from gcc_gan.backends import get_backend
+from gcc_gan.measure import environment
 from gcc_gan.passes.channel_prune import PruneConfig, prune_channels
 from gcc_gan.passes.deconv_to_subpixel import deconv_to_subpixel
 from gcc_gan.passes.fold_norms import fold_norms
@@ -145,7 +146,8 @@ def main() -> None:
                   f"alone; median |error| {median_error:.0%}), MACs-only proxy {proxy_share:.0%}; "
                   f"odd vs even passes of the same programs {ceiling:.0%}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"threads": threads, "tuned_profile": target.tuned,
+    RESULTS.write_text(json.dumps({"threads": threads, "environment": environment(),
+                                   "tuned_profile": target.tuned,
                                    "passes": PASSES, "share_within_10pct": share,
                                    "share_within_10pct_of_first_pass": share_first,
                                    "median_abs_error": median_error,

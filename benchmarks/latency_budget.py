@@ -20,6 +20,7 @@ from rich.table import Table
 
 import gcc_gan
 from gcc_gan import targets
+from gcc_gan.measure import environment
 from gcc_gan.search import BudgetError
 
 from common import parse_threads, resnet9_workload  # noqa: E402
@@ -68,7 +69,7 @@ def main() -> None:
                         "chosen_round": search["chosen"] + 1, "cost_model": r.cost_model,
                         "latency_after": r.latency_after})
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"threads": torch.get_num_threads(),
+    RESULTS.write_text(json.dumps({"threads": torch.get_num_threads(), "environment": environment(),
                                    "tuned_profile": profile.tuned, "results": results}, indent=2))
     console.print(f"wrote {RESULTS}")
 
