@@ -92,7 +92,7 @@ def spread(target: Target, size: str = "full", seed: int = 0) -> list[Probe]:
                             (_x(c, hw),), int8))
     # generators upsample from a latent at 1 px (k4 s1) and through 4-8 px with the most
     # channels: probes at 16-64 px alone fitted a weight term that put a DCGAN's and a U-Net's
-    # transposed convs at 2-3x their time
+    # transposed convs at 2-16x their time
     for _ in range(18 if n else 2):
         cin, cout = rng.choice(WIDTHS), rng.choice(WIDTHS)
         hw = rng.choice((4, 8, *RESOLUTIONS[:3]))
