@@ -5,8 +5,9 @@ side in this one process, with the same threads, in turns (`gcc_gan.measure.time
 every round runs each contender, so slow spells of the shared machine hit both): ONNX Runtime
 fp32 vs ONNX Runtime int8 (our QDQ), with and without the deconv_to_subpixel rewrite, plus the
 PSNR of int8 vs fp32 output. Then the end-to-end figure: compile(resnet9, target="x86",
-budget_macs=3e9) in int8 vs the dense model in eager torch fp32, with, in the same turns, the
-compiled program lowered without the NHWC pixel shuffles (`lower_onnx(nhwc_shuffles=False)`).
+budget_macs=3e9) in int8 vs the dense model in eager torch fp32; then, in turns of their own, the
+compiled program against itself lowered without the NHWC pixel shuffles
+(`lower_onnx(nhwc_shuffles=False)`) and without the NHWC instance norms (`nhwc_norms=False`).
 Calibration uses random inputs (no trained weights or data here), so PSNR measures quantization
 error on those. Also printed: the pruned model's int8 PSNR with 8- and 7-bit weights, and which
 this host gets (7 where ONNX Runtime's int8 convs saturate, x86 without VNNI).
@@ -108,19 +109,19 @@ def main() -> None:
     with console.status("compile(resnet9, x86, budget_macs=3e9) ..."):
         out = gcc_gan.compile(model, "x86", budget_macs=3e9, example_inputs=(x,), calib_data=calib,
                               measure=True)
-        # the same program lowered with DepthToSpace after the sub-pixel convs (no NHWC rewrite)
-        plain = lower_onnx(out.graph, calib=calib, threads=torch.get_num_threads(),
-                           nhwc_shuffles=False)
+        # the same program without each NHWC rewrite (gcc_gan.lower.nhwc)
+        plain = {flag: lower_onnx(out.graph, calib=calib, threads=torch.get_num_threads(),
+                                  **{flag: False}) for flag in ("nhwc_shuffles", "nhwc_norms")}
         model.eval()
         with torch.inference_mode():
             # the compiled model runs 5 times per eager call: similar time on each side per round
             ms = side_by_side({"eager": (lambda: model(x), 1), "compiled": (lambda: out.run(x), 5)},
                               {"eager": "torch", "compiled": "onnxruntime"})
-        # in turns of their own: timed inside the eager rounds, the NHWC model (right after each
-        # eager call) measured slower than the DepthToSpace one after it, unlike any separate A/B
-        ab = side_by_side({"nhwc": (lambda: out.run(x), 5),
-                           "depth_to_space": (lambda: plain.run(x), 5)},
-                          {"nhwc": "onnxruntime", "depth_to_space": "onnxruntime"})
+        # in turns of their own: timed inside the eager rounds, the compiled model (right after
+        # each eager call) measured slower than the DepthToSpace one after it, unlike any A/B
+        ab = side_by_side({"compiled": (lambda: out.run(x), 5),
+                           **{flag: (lambda m=m: m.run(x), 5) for flag, m in plain.items()}},
+                          dict.fromkeys(("compiled", *plain), "onnxruntime"))
     r = out.report
     end_to_end = ms["eager"] / ms["compiled"]
     float_layers = [f"{node}: {why}" for p in r.passes if p.name == "quantize_int8"
@@ -131,16 +132,18 @@ def main() -> None:
                   f"turns: {end_to_end:.1f}x (goal >= 22x); compile's own report: "
                   f"{r.latency_after['median_ms']:.1f} vs {r.latency_before['median_ms']:.1f} ms "
                   f"({r.speedup:.1f}x); int8 vs its float model "
-                  f"{r.lowering['int8_psnr_vs_float']:.1f} dB; float layers: {float_layers}; the "
-                  f"same program with DepthToSpace instead of NHWC pixel shuffles, in turns with "
-                  f"it: {ab['depth_to_space']:.1f} vs {ab['nhwc']:.1f} ms")
+                  f"{r.lowering['int8_psnr_vs_float']:.1f} dB; float layers: {float_layers}. In turns: "
+                  f"{ab['compiled']:.1f} ms as compiled, {ab['nhwc_shuffles']:.1f} ms with "
+                  f"DepthToSpace for the NHWC pixel shuffles, {ab['nhwc_norms']:.1f} ms with "
+                  f"InstanceNormalization for the NHWC norms")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"threads": torch.get_num_threads(), "variants": rows,
                                    "weight_bits": bits, "environment": environment(),
                                    "end_to_end": {"eager_fp32_dense_ms": ms["eager"],
                                                   "compiled_int8_ms": ms["compiled"],
-                                                  "ab_nhwc_shuffles_ms": ab["nhwc"],
-                                                  "ab_depth_to_space_ms": ab["depth_to_space"],
+                                                  "ab_compiled_ms": ab["compiled"],
+                                                  "ab_depth_to_space_ms": ab["nhwc_shuffles"],
+                                                  "ab_nchw_instance_norms_ms": ab["nhwc_norms"],
                                                   "speedup": end_to_end,
                                                   "report": r.to_dict()}}, indent=2))
     console.print(f"wrote {RESULTS}")

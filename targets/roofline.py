@@ -200,7 +200,7 @@ def _elementwise_kind(node: fx.Node, cost_kind: str, int8: set[str]) -> str:
         return "pad"
     if p in ops.Shuffle:
         # after an int8 conv the lowering shuffles whole channel runs in NHWC
-        # (lower/qdq.py: nhwc_pixel_shuffles): a plain copy, not a per-byte shuffle
+        # (lower/nhwc.py: nhwc_pixel_shuffles): a plain copy, not a per-byte shuffle
         source = node.args[0]
         return "movement" if getattr(source, "name", None) in int8 else "shuffle"
     return "movement"

@@ -111,13 +111,16 @@ def _first_sample(inputs: tuple) -> tuple:
 
 
 def lower_onnx(graph: GanGraph, *, tolerance: float = 1e-4, threads: int | None = None,
-               calib: list[tuple] | None = None, nhwc_shuffles: bool = True) -> OnnxModel:
+               calib: list[tuple] | None = None, nhwc_shuffles: bool = True,
+               nhwc_norms: bool = True) -> OnnxModel:
     """ONNX for `graph`, checked against the torch program; raises LoweringError on failure.
 
     When `quantize_int8` annotated the graph, the checked fp32 model becomes QDQ int8 with the
     pass's scales (`calib` batches, or the example inputs, feed ONNX Runtime's tooling for the
     tensors the plan leaves to it); pixel shuffles after int8 convs run in NHWC unless
-    `nhwc_shuffles` is False (for runtimes whose int8 convs are not NHWC).
+    `nhwc_shuffles` is False, and instance norms between them as BatchNormalization in
+    training mode unless `nhwc_norms` is False (for runtimes whose int8 convs are not NHWC, or
+    that lack that mode; `gcc_gan.lower.nhwc`).
     """
     notes: list[str] = []
     dynamic = graph.dynamic_batch
@@ -146,14 +149,18 @@ def lower_onnx(graph: GanGraph, *, tolerance: float = 1e-4, threads: int | None 
     batches = calib or [graph.example_inputs]
     if not lowered.dynamic_batch:
         batches = [_first_sample(b) for b in batches]
-    data, missing, shuffles = to_qdq(lowered.data, plan, [lowered.feeds(b) for b in batches],
-                                     add_plan(graph.module), nhwc_shuffles=nhwc_shuffles)
-    if missing:
-        notes.append(f"int8 plan names layers the ONNX graph lacks, left float: {missing}")
-    if shuffles:
-        notes.append(f"{shuffles} pixel shuffle(s) after int8 convs run in NHWC (the convs' "
-                     f"output channels reordered; exact)")
-    lowered = dataclasses.replace(lowered, data=data, int8_layers=len(plan) - len(missing),
+    qdq = to_qdq(lowered.data, plan, [lowered.feeds(b) for b in batches], add_plan(graph.module),
+                 nhwc_shuffles=nhwc_shuffles, nhwc_norms=nhwc_norms)
+    if qdq.missing:
+        notes.append(f"int8 plan names layers the ONNX graph lacks, left float: {qdq.missing}")
+    if qdq.nhwc_shuffles:
+        notes.append(f"{qdq.nhwc_shuffles} pixel shuffle(s) after int8 convs run in NHWC (the "
+                     f"convs' output channels reordered; exact)")
+    if qdq.nhwc_norms:
+        notes.append(f"{qdq.nhwc_norms} instance norm(s) between int8 convs run in NHWC "
+                     f"(BatchNormalization in training mode over (H*W, N*C))")
+    lowered = dataclasses.replace(lowered, data=qdq.data,
+                                  int8_layers=len(plan) - len(qdq.missing),
                                   notes=tuple(notes), _session=[])
     return with_lut(graph, lowered)
 

@@ -11,6 +11,7 @@ QLinearAdd for the adds the pass chose. Tensors the plan does not name keep floa
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from onnxruntime.quantization import (
 
 from ..quant import QParams
 from ..quiet import quiet_loggers
+from .nhwc import nhwc_instance_norms, nhwc_pixel_shuffles, topological_order
 
 _TYPES = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
 
@@ -47,11 +49,18 @@ def _override(qp: QParams, dtype: str) -> list[dict]:
     return entries
 
 
+@dataclass(frozen=True)
+class Qdq:
+    data: bytes                  # the serialized QDQ model
+    missing: list[str]           # the plan's layers the ONNX graph did not contain (left float)
+    nhwc_shuffles: int           # pixel shuffles rewritten by `nhwc_pixel_shuffles`
+    nhwc_norms: int              # instance norms rewritten by `nhwc_instance_norms`
+
+
 def to_qdq(model_bytes: bytes, plan, feeds: list[dict[str, np.ndarray]], adds=(),
-           nhwc_shuffles: bool = True) -> tuple[bytes, list[str], int]:
-    """The QDQ model, the plan's layers the ONNX graph did not contain (left float), and how
-    many pixel shuffles run in NHWC (`nhwc_pixel_shuffles`, unless `nhwc_shuffles` is False).
-    `adds` (`AddQuant`s) become QDQ adds, which ONNX Runtime runs as QLinearAdd."""
+           nhwc_shuffles: bool = True, nhwc_norms: bool = True) -> Qdq:
+    """The QDQ model of `plan`, with the NHWC rewrites (`gcc_gan.lower.nhwc`) unless turned
+    off. `adds` (`AddQuant`s) become QDQ adds, which ONNX Runtime runs as QLinearAdd."""
     model = onnx.load_model_from_string(model_bytes)
     # the ONNX Conv that computes each planned node's output; its inputs are the real names
     # (in-place ops like relu_ have no tensor of their own name in ONNX)
@@ -88,94 +97,8 @@ def to_qdq(model_bytes: bytes, plan, feeds: list[dict[str, np.ndarray]], adds=()
                                            "WeightSymmetric": True})
         model = onnx.load(str(dst))
     move_data_movement_into_int8(model)
-    return model.SerializeToString(), missing, shuffles
-
-
-def nhwc_pixel_shuffles(model: onnx.ModelProto, int8_convs: list, overrides: dict) -> int:
-    """Rewrite int8 Conv -> DepthToSpace (the sub-pixel upsample) for ONNX Runtime's NHWC int8
-    convs; returns how many were rewritten. Exact.
-
-    ONNX Runtime runs an int8 conv in NHWC and transposes its output back to NCHW, where
-    DepthToSpace moves every byte on its own: 1.3 ms for a 64-channel 129x129 uint8 tensor.
-    Here the conv's output channels are reordered from (c, i, j) to (i, j, c) (its weight and
-    bias rows, and its per-channel weight overrides), and the shuffle becomes Transpose to NHWC
-    (which cancels the runtime's own transpose back), Reshape, a Transpose that copies whole
-    runs of 2*C bytes, Reshape, Transpose to NCHW: 0.25 ms for the same tensor. Only for
-    convs with one group whose output feeds nothing but the shuffle and whose spatial size is
-    known, and whose weight and bias are stored tensors no other node reads."""
-    graph = model.graph
-    if not any(n.op_type == "DepthToSpace" for n in graph.node):
-        return 0   # spares the shape inference below
-    inits = {t.name: t for t in graph.initializer}
-    uses: dict[str, int] = {}
-    for n in graph.node:
-        for i in n.input:
-            uses[i] = uses.get(i, 0) + 1
-    shapes = _static_shapes(model)
-    rewritten = 0
-    for conv in int8_convs:
-        out = conv.output[0]
-        shuffle = next((n for n in graph.node if n.op_type == "DepthToSpace" and n.input[0] == out),
-                       None)
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in
-                 (shuffle.attribute if shuffle is not None else ())}
-        groups = next((a.i for a in conv.attribute if a.name == "group"), 1)
-        shape = shapes.get(out)
-        params = [name for name in conv.input[1:3] if name]   # weight, bias: reordered here
-        if (shuffle is None or uses.get(out) != 1 or groups != 1 or shape is None
-                or attrs.get("mode", b"DCR") != b"CRD"
-                or any(name not in inits or uses.get(name) != 1 for name in params)):
-            continue
-        r = attrs["blocksize"]
-        _, channels, height, width = shape
-        order = _dcr_order(channels // (r * r), r)
-        for name in params:
-            t = numpy_helper.to_array(inits[name])
-            inits[name].CopyFrom(numpy_helper.from_array(t[order], name))
-        if len(overrides.get(conv.input[1], [])) == channels:   # per channel
-            overrides[conv.input[1]] = [overrides[conv.input[1]][k] for k in order]
-        _replace_with_nhwc_shuffle(graph, shuffle, r, channels // (r * r), height * r, width * r)
-        rewritten += 1
-    if rewritten:
-        _topological_order(graph)
-    return rewritten
-
-
-def _dcr_order(channels: int, r: int) -> list[int]:
-    """Old (c, i, j) channel index of each new (i, j, c) channel."""
-    return [c * r * r + i * r + j for i in range(r) for j in range(r) for c in range(channels)]
-
-
-def _static_shapes(model: onnx.ModelProto) -> dict[str, tuple]:
-    """4-D tensors whose channel and spatial sizes shape inference knows."""
-    inferred = onnx.shape_inference.infer_shapes(model)
-    out = {}
-    for v in list(inferred.graph.value_info) + list(inferred.graph.output):
-        dims = v.type.tensor_type.shape.dim
-        if len(dims) == 4 and all(d.HasField("dim_value") for d in dims[1:]):
-            out[v.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
-    return out
-
-
-def _replace_with_nhwc_shuffle(graph, shuffle, r: int, channels: int, height: int, width: int):
-    src, dst, stem = shuffle.input[0], shuffle.output[0], shuffle.name or shuffle.output[0]
-    split = f"{stem}_nhwc_split_shape"
-    merged = f"{stem}_nhwc_merged_shape"
-    graph.initializer.extend([
-        numpy_helper.from_array(np.array([0, 0, 0, r, r, channels], np.int64), split),
-        numpy_helper.from_array(np.array([0, height, width, channels], np.int64), merged)])
-    names = [f"{stem}_nhwc_{k}" for k in range(4)]
-    nodes = [onnx.helper.make_node("Transpose", [src], [names[0]], perm=[0, 2, 3, 1]),
-             onnx.helper.make_node("Reshape", [names[0], split], [names[1]]),
-             onnx.helper.make_node("Transpose", [names[1]], [names[2]], perm=[0, 1, 3, 2, 4, 5]),
-             onnx.helper.make_node("Reshape", [names[2], merged], [names[3]]),
-             onnx.helper.make_node("Transpose", [names[3]], [dst], perm=[0, 3, 1, 2])]
-    for k, node in enumerate(nodes):
-        node.name = f"{stem}_nhwc_{k}"
-    index = list(graph.node).index(shuffle)
-    graph.node.remove(shuffle)
-    for k, node in enumerate(nodes):
-        graph.node.insert(index + k, node)
+    norms = nhwc_instance_norms(model) if nhwc_norms else 0
+    return Qdq(model.SerializeToString(), missing, shuffles, norms)
 
 
 def _onnx_adds(model: onnx.ModelProto, adds) -> list[tuple]:
@@ -241,7 +164,7 @@ def move_data_movement_into_int8(model: onnx.ModelProto) -> int:
         touched.update(move())
         moves += 1
     if moves:
-        _topological_order(graph)
+        topological_order(graph)
         kept = [v for v in graph.value_info if v.name not in touched]  # their dtype changed
         del graph.value_info[:]
         graph.value_info.extend(kept)
@@ -320,19 +243,3 @@ def _hoist_quantize(node: onnx.NodeProto, q: onnx.NodeProto) -> list[str]:
     node.output[0] = y8
     _zero_point_as_pad_value(node, q)
     return [y8, q.output[0]]
-
-
-def _topological_order(graph: onnx.GraphProto) -> None:
-    known = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
-    ordered, pending = [], list(graph.node)
-    while pending:
-        ready = [n for n in pending if all(i in known for i in n.input)]
-        if not ready:
-            raise RuntimeError("moving Q/DQ around data-movement ops made a cycle")
-        for n in ready:
-            known.update(n.output)
-        ordered += ready
-        placed = {id(n) for n in ready}
-        pending = [n for n in pending if id(n) not in placed]
-    del graph.node[:]
-    graph.node.extend(ordered)
