@@ -6,7 +6,7 @@ x86 target (`gcc-gan tune --target x86`: single-op probes only, saved where comp
 the tuning never ran (it ran no whole model at all), measures ONNX Runtime latency in fp32
 (dense) and in int8 as compile deploys it (fold_norms, deconv_to_subpixel, split_taps, prune to
 a ratio, quantize_int8), and prints the share of predictions within +-10% of measured, next to a
-MACs-only proxy (seconds per MAC fitted on the same probes). Each program is measured in 4
+MACs-only proxy (seconds per MAC fitted on the same probes). Each program is measured in 8
 passes over all of them and "measured" is the median; next to the scores, how often the median
 of the odd passes agrees with the even passes' to +-10% (this machine's agreement with itself).
 Writes benchmarks/results/cost_model.json.
@@ -41,7 +41,7 @@ from common import parse_threads  # noqa: E402  (benchmarks/ is on sys.path)
 
 RESULTS = Path(__file__).parent / "results" / "cost_model.json"
 WITHIN = 0.10
-PASSES = 4
+PASSES = 8   # one program's 1-s medians spread over +-15% here; the median of 8 over minutes
 # (zoo name, factory kwargs, input shape): none of these ran during tuning
 MODELS = [
     ("resnet", dict(ngf=16, n_blocks=6), (1, 3, 128, 128)),

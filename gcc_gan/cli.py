@@ -29,6 +29,7 @@ from .lower import LoweringError
 from .search import BudgetError
 from .channels import analyze_channels
 from .summary import channel_table, si
+from .tune import PASSES as TUNE_PASSES
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="gcc-gan: a hardware-aware compression compiler for GAN generators.")
@@ -203,6 +204,8 @@ def tune_cmd(
         help="where to save the fitted profile (default: where compile finds it)")] = None,
     rpc: Annotated[Optional[str], typer.Option(
         help="measure on a board through a TVM RPC tracker: HOST:PORT:KEY")] = None,
+    passes: Annotated[int, typer.Option(
+        help="time every probe once per pass and fit the medians (more: steadier)")] = TUNE_PASSES,
 ) -> None:
     """Measure kernels on the device and fit TARGET's cost model; compile then uses the fit."""
     from .tune import rpc_measure, tune
@@ -212,7 +215,7 @@ def tune_cmd(
     try:
         profile = target_profiles.get(target, tuned=False)
         measure = rpc_measure(profile, rpc) if rpc else None
-        result = tune(profile, measure=measure, size=size, save=out or True)
+        result = tune(profile, measure=measure, size=size, save=out or True, passes=passes)
     except (ValueError, ImportError) as exc:
         _fail(str(exc))
     table = Table(title=f"{target}: fitted kernels", header_style="bold")

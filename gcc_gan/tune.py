@@ -2,8 +2,9 @@
 
 Each probe is a one-op torch module (a conv of some shape, a norm, ...) that goes through the
 same trace -> (int8) -> lower -> measure path as `compile`, so what is fitted is what compile
-deploys. A probe's kernel time is its measured latency minus the per-call overhead (`call_overhead`:
-of the smallest program, a ReLU on one element). Kernels are grouped by "kind/dtype" and each
+deploys. A probe's latency is the median of `PASSES` timings, one in each pass over all probes,
+and its kernel time that minus the per-call overhead (`call_overhead`: of the smallest program,
+a ReLU on one element). Kernels are grouped by "kind/dtype" and each
 group is fitted by `targets.roofline.fit_kernel`; the fit is saved where `targets.get` finds it.
 
 The spread is drawn from a fixed seed over kernel sizes, channel counts (aligned and not),
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import random
+import statistics
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +34,10 @@ from .targets import KernelFit, Target
 from .targets.roofline import MODEL_OVERHEAD, Kernel, fit_kernels, kernels, macs_proxy_fit
 
 Measure = Callable[[object, tuple], Latency]   # (GanGraph, inputs) -> latency on the device
+# Each probe is timed once per pass over all of them, and the median of its passes is fitted: one
+# timing (20 calls, milliseconds for most probes) falls inside one of a shared machine's slow
+# spells, which last seconds (here, one program's 1-s medians spread over +-15%).
+PASSES = 3
 WIDTHS = (8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 RESOLUTIONS = (16, 32, 64, 128)
 
@@ -140,37 +146,40 @@ def overhead_probes() -> tuple[Probe, Probe]:
             Probe("3 relus on one element", nn.Sequential(nn.ReLU(), nn.Tanh(), nn.ReLU()), (one,)))
 
 
-def call_overhead(measure: Measure) -> float:
+def call_overhead(measure: Measure, passes: int = 1) -> float:
     """Seconds every call pays beyond its kernels."""
-    t1, t3 = (measure(trace(p.module, p.inputs), p.inputs).median_ms / 1e3
-              for p in overhead_probes())
+    t1, t3 = _time_in_passes(measure, [(trace(p.module, p.inputs), p.inputs, None)
+                                       for p in overhead_probes()], passes, "the device")
     return max(t1 - max(t3 - t1, 0.0) / 2, 0.0)
 
 
 def tune(target: str | Target, *, measure: Measure | None = None, size: str = "full",
-         save: bool | Path = True, seed: int = 0) -> TuneResult:
-    """Measure `spread(target)` with `measure` (default: the target's measurement backend),
-    fit each kernel kind, and save the fitted profile (to `save` when it is a path)."""
+         save: bool | Path = True, seed: int = 0, passes: int = PASSES) -> TuneResult:
+    """Measure `spread(target)` with `measure` (default: the target's measurement backend) in
+    `passes` passes over all probes, fit each kernel kind to the probes' medians, and save the
+    fitted profile (to `save` when it is a path)."""
     profile = target_profiles.get(target, tuned=False)
     measure = measure or default_measure(profile)
     probes = spread(profile, size, seed)
-    overhead = call_overhead(measure)
-    samples: dict[str, list[tuple[Kernel, float]]] = {}
-    macs: dict[str, list[tuple[float, float]]] = {}
-    with progress_bar(f"tuning {profile.name}", total=len(probes)) as advance:
+    overhead = call_overhead(measure, passes)
+    programs = []   # (graph, inputs, kernel): every probe in float, and in int8 where it asks
+    with progress_bar(f"tracing {len(probes)} probes for {profile.name}", total=len(probes)) as advance:
         for probe in probes:
             for graph, int8 in _probe_graphs(probe):
                 found = kernels(graph, profile, int8=int8)
                 if len(found) != 1:
                     raise RuntimeError(f"tune probe {probe.label!r} traced to {len(found)} kernels "
                                        f"({[k.kind for k in found]}), expected one")
-                kernel = found[0]
-                seconds = measure(graph, probe.inputs).median_ms / 1e3
-                kernel_seconds = max(seconds - overhead, 0.05 * seconds)
-                samples.setdefault(f"{kernel.kind}/{kernel.dtype}", []).append((kernel, kernel_seconds))
-                if kernel.kind in ("conv", "depthwise", "conv_transpose", "matmul"):
-                    macs.setdefault(kernel.dtype, []).append((_macs(graph), seconds))
+                programs.append((graph, probe.inputs, found[0]))
             advance()
+    timed = _time_in_passes(measure, programs, passes, profile.name)
+    samples: dict[str, list[tuple[Kernel, float]]] = {}
+    macs: dict[str, list[tuple[float, float]]] = {}
+    for (graph, _, kernel), seconds in zip(programs, timed):
+        kernel_seconds = max(seconds - overhead, 0.05 * seconds)
+        samples.setdefault(f"{kernel.kind}/{kernel.dtype}", []).append((kernel, kernel_seconds))
+        if kernel.kind in ("conv", "depthwise", "conv_transpose", "matmul"):
+            macs.setdefault(kernel.dtype, []).append((_macs(graph), seconds))
     fits = fit_kernels(samples)
     fits[MODEL_OVERHEAD] = KernelFit(overhead_s=overhead, s_per_mac=0.0, s_per_byte=0.0, samples=1)
     proxy = {dtype: macs_proxy_fit(rows) for dtype, rows in macs.items()}
@@ -183,6 +192,19 @@ def tune(target: str | Target, *, measure: Measure | None = None, size: str = "f
                                           save if isinstance(save, Path) else None)
     fitted = profile.with_kernels(fits, str(path) if path else "tune (not saved)")
     return TuneResult(target=fitted, kernels=fits, samples=samples, macs_proxy=proxy, path=path)
+
+
+def _time_in_passes(measure: Measure, programs: list, passes: int, target: str) -> list[float]:
+    """Median seconds of each (graph, inputs, _) over `passes` timings, one per pass over all."""
+    if passes < 1:
+        raise ValueError(f"passes must be at least 1, got {passes}")
+    seconds: list[list[float]] = [[] for _ in programs]
+    with progress_bar(f"timing on {target} ({passes} passes)", total=passes * len(programs)) as advance:
+        for _ in range(passes):
+            for times, (graph, inputs, _) in zip(seconds, programs):
+                times.append(measure(graph, inputs).median_ms / 1e3)
+                advance()
+    return [statistics.median(times) for times in seconds]
 
 
 def _macs(graph) -> float:
@@ -199,10 +221,16 @@ def default_measure(target: Target) -> Measure:
 
 
 def backend_measure(backend: Backend) -> Measure:
+    """`backend` as a Measure that lowers each graph once: `tune` times it in every pass."""
     threads = torch.get_num_threads()
-    # enough calls for stable quartiles on kernels of a few microseconds
-    return lambda graph, inputs: backend.measure(graph, inputs, threads=threads, repeats=20,
-                                                 calib=[inputs])
+    lowered: dict[int, tuple] = {}   # id(graph) -> (graph, artifact); the graph pins the id
+
+    def measure(graph, inputs) -> Latency:
+        if id(graph) not in lowered:
+            lowered[id(graph)] = (graph, backend.lower(graph, calib=[inputs]))
+        # enough calls for stable quartiles on kernels of a few microseconds
+        return backend.time(lowered[id(graph)][1], inputs, threads=threads, repeats=20)
+    return measure
 
 
 def rpc_measure(target: Target, spec: str) -> Measure:

@@ -68,3 +68,37 @@ def test_cli_tune_prints_the_fits(tmp_path, monkeypatch):
     assert "conv/fp32" in result.output and out.exists()
     bad = CliRunner().invoke(app, ["tune", "--size", "huge"])
     assert bad.exit_code == 2 and "--size must be full or quick" in bad.output
+
+
+def test_each_probe_is_timed_in_passes_and_a_slow_pass_does_not_reach_the_fit(tmp_path):
+    calls = {}
+
+    def spelled_device(graph, inputs):
+        """fake_device, but 1.5x slower during each probe's second timing (a slow spell)."""
+        calls[id(graph)] = calls.get(id(graph), 0) + 1
+        latency = fake_device(graph, inputs)
+        ms = latency.median_ms * (1.5 if calls[id(graph)] == 2 else 1.0)
+        return Latency(ms, ms, ms, ms, ms, 1, 0, 1, "fake")
+
+    result = tune("x86", measure=spelled_device, size="quick", save=tmp_path / "x86.json")
+    assert set(calls.values()) == {3}   # every probe, the call-overhead ones too, once a pass
+    conv = result.kernels["conv/fp32"]
+    assert np.allclose([conv.overhead_s, conv.s_per_mac, conv.s_per_byte, conv.s_per_weight],
+                       TRUTH["fp32"], rtol=1e-3, atol=1e-9)
+    with pytest.raises(ValueError, match="passes must be at least 1"):
+        tune("x86", measure=fake_device, size="quick", save=False, passes=0)
+
+
+def test_backend_measure_lowers_each_graph_once(monkeypatch):
+    from gcc_gan.backends import get_backend
+    from gcc_gan.tune import backend_measure
+    backend = get_backend("onnxruntime")
+    lowered = []
+    monkeypatch.setattr(backend, "lower", lambda graph, calib=None: lowered.append(graph) or graph)
+    monkeypatch.setattr(backend, "time", lambda artifact, inputs, **kw: fake_device(artifact, inputs))
+    measure = backend_measure(backend)
+    probe = spread(targets.get("x86"), "quick")[0]
+    graph = gcc_gan.trace(probe.module, probe.inputs)
+    for _ in range(3):
+        measure(graph, probe.inputs)
+    assert lowered == [graph]
