@@ -132,7 +132,8 @@ def main() -> None:
                   f"turns: {end_to_end:.1f}x (goal >= 22x); compile's own report: "
                   f"{r.latency_after['median_ms']:.1f} vs {r.latency_before['median_ms']:.1f} ms "
                   f"({r.speedup:.1f}x); int8 vs its float model "
-                  f"{r.lowering['int8_psnr_vs_float']:.1f} dB; float layers: {float_layers}. In turns: "
+                  f"{r.lowering['int8_psnr_vs_float']:.1f} dB; float layers: {float_layers}. "
+                  f"In turns: "
                   f"{ab['compiled']:.1f} ms as compiled, {ab['nhwc_shuffles']:.1f} ms with "
                   f"DepthToSpace for the NHWC pixel shuffles, {ab['nhwc_norms']:.1f} ms with "
                   f"InstanceNormalization for the NHWC norms")

@@ -163,7 +163,8 @@ def tune(target: str | Target, *, measure: Measure | None = None, size: str = "f
     probes = spread(profile, size, seed)
     overhead = call_overhead(measure, passes)
     programs = []   # (graph, inputs, kernel): every probe in float, and in int8 where it asks
-    with progress_bar(f"tracing {len(probes)} probes for {profile.name}", total=len(probes)) as advance:
+    tracing = f"tracing {len(probes)} probes for {profile.name}"
+    with progress_bar(tracing, total=len(probes)) as advance:
         for probe in probes:
             for graph, int8 in _probe_graphs(probe):
                 found = kernels(graph, profile, int8=int8)
@@ -199,7 +200,8 @@ def _time_in_passes(measure: Measure, programs: list, passes: int, target: str) 
     if passes < 1:
         raise ValueError(f"passes must be at least 1, got {passes}")
     seconds: list[list[float]] = [[] for _ in programs]
-    with progress_bar(f"timing on {target} ({passes} passes)", total=passes * len(programs)) as advance:
+    label = f"timing on {target} ({passes} passes)"
+    with progress_bar(label, total=passes * len(programs)) as advance:
         for _ in range(passes):
             for times, (graph, inputs, _) in zip(seconds, programs):
                 times.append(measure(graph, inputs).median_ms / 1e3)

@@ -95,7 +95,8 @@ def test_backend_measure_lowers_each_graph_once(monkeypatch):
     backend = get_backend("onnxruntime")
     lowered = []
     monkeypatch.setattr(backend, "lower", lambda graph, calib=None: lowered.append(graph) or graph)
-    monkeypatch.setattr(backend, "time", lambda artifact, inputs, **kw: fake_device(artifact, inputs))
+    monkeypatch.setattr(backend, "time",
+                        lambda artifact, inputs, **kw: fake_device(artifact, inputs))
     measure = backend_measure(backend)
     probe = spread(targets.get("x86"), "quick")[0]
     graph = gcc_gan.trace(probe.module, probe.inputs)

@@ -23,7 +23,8 @@ def _model(batch="N", activation="LeakyRelu", opset=19, extra_reader=False, end=
            per_channel_dq=False) -> onnx.ModelProto:
     """x -> Q -> DQ -> InstanceNormalization(gamma, beta) -> activation -> Q -> DQ -> y."""
     rng = np.random.default_rng(0)
-    dq_scale = np.full(C, SCALE_IN, np.float32) if per_channel_dq else np.array(SCALE_IN, np.float32)
+    dq_scale = (np.full(C, SCALE_IN, np.float32) if per_channel_dq
+                else np.array(SCALE_IN, np.float32))
     dq_zero = np.full(C, 128, np.uint8) if per_channel_dq else np.array(128, np.uint8)
     inits = [numpy_helper.from_array(np.array(SCALE_IN, np.float32), "s"),
              numpy_helper.from_array(np.array(128, np.uint8), "z"),
@@ -110,7 +111,8 @@ def test_norms_the_rewrite_cannot_keep_exact_are_left_alone(variant, why):
 def test_int8_resnet_norms_run_in_nhwc_with_the_same_fidelity(tmp_path):
     torch.manual_seed(0)
     # as compile deploys it: the transposed convs become int8 sub-pixel convs
-    graph = deconv_to_subpixel(trace(zoo.build("resnet", "tiny"), (torch.randn(1, 3, 32, 32),))).graph
+    traced = trace(zoo.build("resnet", "tiny"), (torch.randn(1, 3, 32, 32),))
+    graph = deconv_to_subpixel(traced).graph
     calib = [(torch.randn(2, 3, 32, 32),) for _ in range(2)]
     int8 = quantize_int8(graph, calib_data=calib).graph
     nhwc = lower_onnx(int8, calib=calib, threads=1)
