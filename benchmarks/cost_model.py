@@ -85,7 +85,7 @@ def main() -> None:
         with console.status("gcc-gan tune --target x86 ..."):
             result = tune("x86")
         console.print(f"tuned x86 in {time.perf_counter() - start:.0f} s "
-                      f"({sum(len(v) for v in result.samples.values())} kernels): {result.path}")
+                      f"({len(result.samples)} programs): {result.path}")
         target = result.target
     proxy = json.loads(Path(target.tuned).read_text())["macs_proxy_s_per_mac"]
     backend = get_backend("onnxruntime")

@@ -30,5 +30,5 @@ measure = rpc_measure(profile, args.rpc) if args.rpc else None
 result = tune(profile, measure=measure, size="quick" if args.quick else "full")
 for kind, fit in sorted(result.kernels.items()):
     error = "" if fit.median_rel_error is None else f", median error {fit.median_rel_error:.1%}"
-    print(f"{kind:22s} {fit.samples:3d} kernels{error}")
+    print(f"{kind:22s} {fit.samples:3d} probes{error}")
 print(f"saved {result.path}")

@@ -219,7 +219,7 @@ def tune_cmd(
     except (ValueError, ImportError) as exc:
         _fail(str(exc))
     table = Table(title=f"{target}: fitted kernels", header_style="bold")
-    for col in ("kernel", "samples", "overhead us", "ns/kMAC", "ns/kB", "ns/kweight",
+    for col in ("kernel", "probes", "overhead us", "ns/kMAC", "ns/kB", "ns/kweight",
                 "median error"):
         table.add_column(col, justify="right")
     for key, fit in sorted(result.kernels.items()):

@@ -1,11 +1,12 @@
 """`tune`: measure a spread of kernels on the device and fit the target's cost model.
 
-Each probe is a one-op torch module (a conv of some shape, a norm, ...) that goes through the
-same trace -> (int8) -> lower -> measure path as `compile`, so what is fitted is what compile
-deploys. A probe's latency is the median of `PASSES` timings, one in each pass over all probes,
-and its kernel time that minus the per-call overhead (`call_overhead`: of the smallest program,
-a ReLU on one element). Kernels are grouped by "kind/dtype" and each
-group is fitted by `targets.roofline.fit_kernel`; the fit is saved where `targets.get` finds it.
+Each probe is a small torch module (one conv of some shape, a norm, ..., and on int8 targets
+chains of int8 convs with what runs between them) that goes through the same trace -> (int8) ->
+lower -> measure path as `compile`, so what is fitted is what compile deploys. A probe's latency
+is the median of `PASSES` timings, one in each pass over all probes. Every probe's kernels
+(`targets.roofline.kernels`) and latency go into one fit of all "kind/dtype" keys at once
+(`targets.roofline.fit_programs`), given the per-call overhead (`call_overhead`: of the
+smallest program, a ReLU on one element); the fit is saved where `targets.get` finds it.
 
 The spread is drawn from a fixed seed over kernel sizes, channel counts (aligned and not),
 strides and resolutions, so a tuned profile is reproducible on the same machine.
@@ -31,7 +32,8 @@ from .measure import Latency, environment
 from .passes.quantize import quantize_int8
 from .progress import progress_bar
 from .targets import KernelFit, Target
-from .targets.roofline import MODEL_OVERHEAD, Kernel, fit_kernels, kernels, macs_proxy_fit
+from .targets.roofline import (MAC_KINDS, MODEL_OVERHEAD, Kernel, fit_programs, kernels,
+                                macs_proxy_fit)
 
 Measure = Callable[[object, tuple], Latency]   # (GanGraph, inputs) -> latency on the device
 # Each probe is timed once per pass over all of them, and the median of its passes is fitted: one
@@ -54,7 +56,7 @@ class Probe:
 class TuneResult:
     target: Target               # the profile with the fitted kernels
     kernels: dict[str, KernelFit]
-    samples: dict[str, list[tuple[Kernel, float]]]
+    samples: list[tuple[tuple[Kernel, ...], float]]   # (a probe's kernels, its measured seconds)
     macs_proxy: dict[str, float]  # dtype -> seconds per MAC of the MACs-only proxy
     path: Path | None
 
@@ -71,6 +73,49 @@ class _Cat(nn.Module):
 
 def _x(c: int, hw: int) -> torch.Tensor:
     return torch.randn(1, c, hw, hw)
+
+
+def _conv1(cin: int, cout: int) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 1)
+
+
+class _ResidualJoin(nn.Module):
+    """Two convs added, then padded into a third: the add runs in int8 (QLinearAdd)."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.a, self.b, self.out = _conv1(c, c), _conv1(c, c), _conv1(c, c)
+
+    def forward(self, x):
+        return self.out(nn.functional.pad(self.a(x) + self.b(x), (1, 1, 1, 1), mode="reflect"))
+
+
+class _Concat(nn.Module):
+    """Two convs concatenated through a ReLU into a third: QLinearConcat, the ReLU absorbed."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.a, self.b, self.out = _conv1(c, c), _conv1(c, c), _conv1(2 * c, c)
+
+    def forward(self, x):
+        return self.out(torch.relu(torch.cat([self.a(x), self.b(x)], 1)))
+
+
+# Chains of int8 convs: a lone int8 conv pays the Q, DQ and layout transposes at its ends, which
+# a generator's int8 convs mostly do not, and norms, pads, adds and shuffles between int8 convs
+# run as 8-bit kernels of their own (targets/int8_runtime.py); each kind is fitted from these.
+# Their convs are 1x1, so that what runs between them is a large part of the time.
+# (label, MACs / (C^2 H W), module for C channels)
+CHAINS = (
+    ("norm chain", 2, lambda c: nn.Sequential(_conv1(c, c), nn.InstanceNorm2d(c), nn.ReLU(),
+                                              nn.ReflectionPad2d(1), _conv1(c, c))),
+    ("relu chain", 2, lambda c: nn.Sequential(_conv1(c, c), nn.ReLU(), _conv1(c, c))),
+    ("leaky chain", 2, lambda c: nn.Sequential(_conv1(c, c), nn.LeakyReLU(0.2), _conv1(c, c))),
+    ("concat", 4, _Concat),
+    ("residual join", 3, _ResidualJoin),
+    ("sub-pixel chain", 8, lambda c: nn.Sequential(_conv1(c, 4 * c), nn.PixelShuffle(2),
+                                                   _conv1(c, c))),
+)
 
 
 def spread(target: Target, size: str = "full", seed: int = 0) -> list[Probe]:
@@ -112,18 +157,29 @@ def spread(target: Target, size: str = "full", seed: int = 0) -> list[Probe]:
     for _ in range(6 if n else 2):
         fin, fout = rng.choice((64, 128, 256, 512)), rng.choice((256, 1024, 4096, 8192))
         probes.append(Probe(f"linear {fin}->{fout}", nn.Linear(fin, fout), (torch.randn(1, fin),)))
-    elementwise = (("norm", lambda c: nn.InstanceNorm2d(c), 1, 6),
+    for name, macs_per_c2hw2, make in CHAINS if int8 else ():
+        while sum(p.label.startswith(name) for p in probes) < (6 if n else 1):
+            c, hw = rng.choice(WIDTHS), rng.choice(RESOLUTIONS)
+            if 2e5 <= macs_per_c2hw2 * c * c * hw * hw <= 1e9:
+                probes.append(Probe(f"{name} {c} @{hw}", make(c), (_x(c, hw),), int8))
+    elementwise = (("norm", lambda c: nn.InstanceNorm2d(c), 1, 10),
                    ("relu", lambda c: nn.ReLU(), 1, 4), ("tanh", lambda c: nn.Tanh(), 1, 4),
                    ("leaky_relu", lambda c: nn.LeakyReLU(0.2), 1, 4), ("add", lambda c: _Add(), 2, 4),
-                   ("reflection_pad", lambda c: nn.ReflectionPad2d(1), 1, 4),
-                   ("zero_pad", lambda c: nn.ZeroPad2d(1), 1, 2),
+                   ("reflection_pad", lambda c: nn.ReflectionPad2d(1), 1, 8),
+                   ("zero_pad", lambda c: nn.ZeroPad2d(1), 1, 4),
                    ("cat", lambda c: _Cat(), 2, 4),
                    ("upsample", lambda c: nn.Upsample(scale_factor=2), 1, 4),
                    ("pixel_shuffle", lambda c: nn.PixelShuffle(2), 1, 4))
+    # up to 256 px: generators run norms and pads on 4M-element tensors, past the caches that
+    # 128-px probes fit in (a 64-channel norm at 256 px: 0.41 ns an element, 0.22 at 128 px)
     for name, make, arity, count in elementwise:
-        for _ in range(count if n else 1):
-            c, hw = rng.choice(WIDTHS), rng.choice(RESOLUTIONS)
-            probes.append(Probe(f"{name} {c} @{hw}", make(c), tuple(_x(c, hw) for _ in range(arity))))
+        drawn = 0
+        while drawn < (count if n else 1):
+            c, hw = rng.choice(WIDTHS), rng.choice((*RESOLUTIONS, 256))
+            if c * hw * hw <= 8e6:
+                probes.append(Probe(f"{name} {c} @{hw}", make(c),
+                                    tuple(_x(c, hw) for _ in range(arity))))
+                drawn += 1
     return probes
 
 
@@ -162,26 +218,24 @@ def tune(target: str | Target, *, measure: Measure | None = None, size: str = "f
     measure = measure or default_measure(profile)
     probes = spread(profile, size, seed)
     overhead = call_overhead(measure, passes)
-    programs = []   # (graph, inputs, kernel): every probe in float, and in int8 where it asks
+    programs = []   # (graph, inputs, kernels): every probe in float, and in int8 where it asks
     tracing = f"tracing {len(probes)} probes for {profile.name}"
     with progress_bar(tracing, total=len(probes)) as advance:
         for probe in probes:
             for graph, int8 in _probe_graphs(probe):
-                found = kernels(graph, profile, int8=int8)
-                if len(found) != 1:
-                    raise RuntimeError(f"tune probe {probe.label!r} traced to {len(found)} kernels "
-                                       f"({[k.kind for k in found]}), expected one")
-                programs.append((graph, probe.inputs, found[0]))
+                found = tuple(kernels(graph, profile, int8=int8))
+                if not found:
+                    raise RuntimeError(f"tune probe {probe.label!r} traced to no kernel")
+                programs.append((graph, probe.inputs, found))
             advance()
     timed = _time_in_passes(measure, programs, passes, profile.name)
-    samples: dict[str, list[tuple[Kernel, float]]] = {}
+    samples = [(found, seconds) for (_, _, found), seconds in zip(programs, timed)]
     macs: dict[str, list[tuple[float, float]]] = {}
-    for (graph, _, kernel), seconds in zip(programs, timed):
-        kernel_seconds = max(seconds - overhead, 0.05 * seconds)
-        samples.setdefault(f"{kernel.kind}/{kernel.dtype}", []).append((kernel, kernel_seconds))
-        if kernel.kind in ("conv", "depthwise", "conv_transpose", "matmul"):
-            macs.setdefault(kernel.dtype, []).append((_macs(graph), seconds))
-    fits = fit_kernels(samples)
+    for (graph, _, found), seconds in zip(programs, timed):
+        mac_kernels = [k for k in found if k.kind in MAC_KINDS]
+        if mac_kernels:
+            macs.setdefault(mac_kernels[0].dtype, []).append((_macs(graph), seconds))
+    fits = fit_programs(samples, overhead)
     fits[MODEL_OVERHEAD] = KernelFit(overhead_s=overhead, s_per_mac=0.0, s_per_byte=0.0, samples=1)
     proxy = {dtype: macs_proxy_fit(rows) for dtype, rows in macs.items()}
     path = None

@@ -322,6 +322,12 @@ def _conv_fed_by(node: fx.Node, plan: dict[str, LayerQuant]) -> LayerQuant | Non
     return None
 
 
+def int8_add_nodes(gm: fx.GraphModule, convs) -> list[str]:
+    """The residual adds this pass runs in int8 when `convs` (node names) are its int8 convs."""
+    plan = dict.fromkeys(convs, True)
+    return [node.name for node in _residual_adds(gm) if _conv_fed_by(node, plan) is not None]
+
+
 def _int8_adds(adds: list[fx.Node], plan: dict[str, LayerQuant], watch: dict[str, Observer],
                activations: str) -> dict[str, AddQuant]:
     """An add runs in int8 where its output feeds an int8 conv: that output is quantized for

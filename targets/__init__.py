@@ -46,8 +46,8 @@ class KernelFit:
     s_per_mac: float
     s_per_byte: float
     s_per_weight: float = 0.0
-    samples: int = 0            # measured kernels the fit came from (0: datasheet)
-    median_rel_error: float | None = None  # on those kernels
+    samples: int = 0            # measured probes that ran this kind (0: datasheet)
+    median_rel_error: float | None = None  # on those probes
 
     def seconds(self, work: float, nbytes: float, weights: float = 0.0) -> float:
         return (self.overhead_s + work * self.s_per_mac + nbytes * self.s_per_byte

@@ -2,8 +2,9 @@
 
 A kernel's time is overhead + work/peak + bytes/bandwidth + weights * c (`KernelFit`); the
 sum, rather than the max, of compute and memory time keeps the model linear in its
-coefficients, so `tune` can fit it to measured kernels by non-negative least squares on
-relative error. Efficiency depends on alignment and shape through the features:
+coefficients, so `tune` can fit all kinds at once to measured programs by non-negative least
+squares on relative error (`fit_programs`). Efficiency depends on alignment and shape through
+the features:
 
     work    = MACs * pad(Cin/g)/(Cin/g) * pad(Cout)/Cout   pad(c) = c rounded up to the target's
               (convs, matmuls)                              channel alignment (Cin: for Cin >= it)
@@ -12,13 +13,15 @@ relative error. Efficiency depends on alignment and shape through the features:
     weights = weight elements                              packing + few-pixels inefficiency
 
 A program's latency is the sum over its kernels plus one per-call overhead (`model/overhead`).
-Views cost nothing; ops with no kernel kind (unknown ops) are listed, never guessed.
+Views cost nothing; ops with no kernel kind (unknown ops) are listed, never guessed. In an int8
+program, pads, shuffles and norm units between int8 convs are kernels of dtype int8, and every
+float <-> 8-bit conversion is a `quantize` kernel of its own (`targets/int8_runtime.py`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,17 +29,24 @@ from scipy.optimize import nnls
 from torch import fx
 
 from gcc_gan.ir import edit, ops
-from gcc_gan.ir.meta import arg
+from gcc_gan.ir.meta import arg, source_module
 from gcc_gan.ir.shapes import BatchOneShapes
 
 from . import KernelFit, Target
+from .int8_runtime import int8_domain
 
-KINDS = ("conv", "depthwise", "conv_transpose", "matmul", "norm", "pointwise", "resample",
-         "pad", "movement", "shuffle")
+KINDS = ("conv", "depthwise", "conv_transpose", "matmul", "norm", "pointwise", "transcendental",
+         "resample", "pad", "movement", "shuffle", "quantize")
 MODEL_OVERHEAD = "model/overhead"   # a kernel key whose overhead_s is the per-call cost
 _POINTWISE = {"activation", "arithmetic", "resample", "reduction"}
-_MAC_KINDS = {"conv", "depthwise", "conv_transpose", "matmul"}
+MAC_KINDS = {"conv", "depthwise", "conv_transpose", "matmul"}
 _MAC_COST_KINDS = {"conv", "conv_transpose", "matmul"}   # gcc_gan.cost node kinds
+_ELEMENT_KINDS = {"norm", "pointwise", "transcendental", "resample", "quantize"}
+# activations a runtime evaluates through exp/tanh polynomials: ~2x a ReLU's time per element
+# (measured: tanh 0.15-0.22 ns, ReLU 0.08-0.14 ns an element at 0.3-4M elements)
+_TRANSCENDENTAL = ops.op_set("tanh", "tanh_", "sigmoid", "sigmoid_", "exp", "elu", "elu_",
+                             "gelu", "gelu_", "silu", "silu_", "softplus", "mish", "erf", "selu",
+                             "celu", "logit", "log", "pow", "pow_")
 
 
 @dataclass(frozen=True)
@@ -48,6 +58,11 @@ class Kernel:
     work: float
     nbytes: float
     weights: float
+
+    @property
+    def key(self) -> str:
+        """The fit this kernel's time comes from: "kind/dtype"."""
+        return f"{self.kind}/{self.dtype}"
 
     def features(self) -> np.ndarray:
         return np.array([1.0, self.work, self.nbytes, self.weights])
@@ -132,7 +147,8 @@ def _alignment_factor(g: Geometry, align: int) -> float:
 # ReLUs and SNGAN's batch norms and ReLUs vanish from ONNX Runtime's optimized graph.
 _FOLDED_NORMS = ops.op_set("batch_norm", "native_batch_norm", "_native_batch_norm_legit_no_training")
 _FUSED_ACTIVATIONS = ops.op_set("relu", "relu_", "leaky_relu", "leaky_relu_", "sigmoid",
-                                "hardtanh", "hardtanh_", "clamp")
+                                "tanh", "hardtanh", "hardtanh_", "clamp")
+_ABSORBED_RELUS = ops.op_set("relu", "relu_")
 
 
 def fused_epilogues(gm: fx.GraphModule) -> set[str]:
@@ -193,7 +209,7 @@ def _elementwise_kind(node: fx.Node, cost_kind: str, int8: set[str]) -> str:
     if cost_kind == "resample":
         return "resample"
     if cost_kind in _POINTWISE:
-        return "pointwise"
+        return "transcendental" if p in _TRANSCENDENTAL else "pointwise"
     if cost_kind == "norm":
         return "norm"
     if p in ops.Pad:
@@ -206,9 +222,21 @@ def _elementwise_kind(node: fx.Node, cost_kind: str, int8: set[str]) -> str:
     return "movement"
 
 
+def _free_epilogue(node: fx.Node, fused: set[str], int8: set[str], domain) -> bool:
+    """Whether `node` runs inside a kernel before it: a float conv's fused epilogue, a ReLU the
+    Q after an int8 conv or a norm unit absorbs. Other activations after an int8 conv are
+    kernels of their own (QLinearLeakyRelu, or DQ then a float Tanh)."""
+    src = node.args[0] if node.args else None
+    if not (isinstance(src, fx.Node) and src.name in int8):
+        return node.name in fused or (domain is not None and node.name in domain.folded)
+    return (ops.packet(node.target) in _ABSORBED_RELUS and node.name in domain.conversions
+            and node.name not in domain.eight_bit)
+
+
 def kernels(graph, target: Target, *, int8: Iterable[str] = (),
             structured_sparse: Iterable[str] = ()) -> list[Kernel]:
-    """The kernels a program runs, one per costed node that moves or computes data.
+    """The kernels a program runs: one per costed node that moves or computes data, and with
+    `int8` convs one per float <-> 8-bit conversion.
 
     `structured_sparse` names convs whose N:M masks the target's kernels skip (2:4 on sparse
     tensor cores): their work is scaled by the kept fraction."""
@@ -217,11 +245,14 @@ def kernels(graph, target: Target, *, int8: Iterable[str] = (),
     shapes = BatchOneShapes(graph.module)
     align = max(target.channel_alignment, 1)
     fused = fused_epilogues(graph.module)
+    domain = int8_domain(graph.module, int8) if int8 else None
+    eight_bit = domain.eight_bit | domain.norm_units if domain else frozenset()
     out = []
     for nc in graph.cost.nodes:
         copied = _copied_view(fx_nodes[nc.name], nc)
-        if (nc.kind == "movement" and nc.act_bytes == 0 and not copied) or nc.name in fused:
-            continue   # free views (in-place pointwise ops still run one) and fused epilogues
+        if ((nc.kind == "movement" and nc.act_bytes == 0 and not copied)
+                or _free_epilogue(fx_nodes[nc.name], fused, int8, domain)):
+            continue   # free views (in-place pointwise ops still run one), fused epilogues
         out_elems = math.prod(nc.out_shape) if nc.out_shape else 0
         # a copied view reads only what it keeps
         in_elems = out_elems if copied else sum(math.prod(s) for s in nc.in_shapes if s)
@@ -234,10 +265,19 @@ def kernels(graph, target: Target, *, int8: Iterable[str] = (),
             weights, work = 0, nc.elementwise or out_elems
         else:
             continue
-        dtype = "int8" if nc.name in int8 and kind in _MAC_KINDS else "fp32"
+        if kind in MAC_KINDS:
+            dtype = "int8" if nc.name in int8 else "fp32"
+        else:   # 8-bit movers, int8 adds and norm units (targets/int8_runtime.py)
+            dtype = "int8" if nc.name in eight_bit else "fp32"
         out.append(Kernel(node=nc.name, module=nc.module, kind=kind, dtype=dtype, work=work,
                           nbytes=4.0 * (in_elems + out_elems), weights=weights))
+    for name in domain.conversions if domain else ():
+        elems = math.prod(shapes.shape(fx_nodes[name]))
+        out.append(Kernel(node=f"{name} (Q/DQ)", module=source_module(fx_nodes[name]),
+                          kind="quantize", dtype="int8", work=elems, nbytes=5.0 * elems,
+                          weights=0))
     return out
+
 
 
 def datasheet_fit(target: Target, kind: str, dtype: str) -> KernelFit:
@@ -245,11 +285,11 @@ def datasheet_fit(target: Target, kind: str, dtype: str) -> KernelFit:
     peak = target.peak_macs_per_s.get(dtype) or target.peak_macs_per_s.get("fp32")
     bandwidth = target.bandwidth_bytes_per_s
     weight_bytes = 1 if dtype == "int8" else 4
-    per_elem = 1.0 / peak if kind in ("norm", "pointwise", "resample") else 0.0
+    per_elem = 1.0 / peak if kind in _ELEMENT_KINDS else 0.0
     return KernelFit(overhead_s=target.op_overhead_s,
-                     s_per_mac=1.0 / peak if kind in _MAC_KINDS else per_elem,
+                     s_per_mac=1.0 / peak if kind in MAC_KINDS else per_elem,
                      s_per_byte=1.0 / bandwidth,
-                     s_per_weight=weight_bytes / bandwidth if kind in _MAC_KINDS else 0.0)
+                     s_per_weight=weight_bytes / bandwidth if kind in MAC_KINDS else 0.0)
 
 
 def fit_for(target: Target, kind: str, dtype: str) -> tuple[KernelFit, bool]:
@@ -281,26 +321,38 @@ def macs_proxy_fit(samples: Iterable[tuple[float, float]]) -> float:
     return float(np.sum(r) / np.sum(r ** 2))
 
 
-def fit_kernel(features: np.ndarray, seconds: np.ndarray) -> KernelFit:
-    """Non-negative least squares of seconds on features, weighted to minimise relative error.
+def fit_programs(programs: Sequence[tuple[Sequence[Kernel], float]],
+                 call_overhead: float = 0.0) -> dict[str, KernelFit]:
+    """One fit per "kind/dtype" key from measured programs: (the kernels a program runs, its
+    measured seconds per call, `call_overhead` included).
 
-    Features are scaled to unit columns first (MACs and bytes differ by orders of magnitude);
-    columns that are all zero (pointwise kernels have no weights) get a zero coefficient.
+    All keys are fitted at once, by non-negative least squares of the programs' kernel times on
+    their summed features, so a program may run several kernels (an int8 conv between the Q and
+    DQ that a lone one needs). The error minimised is relative to each program's measured time:
+    relative to its kernel time alone (measured minus the call overhead), the smallest probes,
+    whose kernels take ~0 of a few microseconds, outweighed the rest (a norm fitted to them
+    predicted 182 us for one measured at 671). Feature columns are scaled to unit norm first
+    (MACs and bytes differ by orders of magnitude); all-zero columns get a zero coefficient.
     """
-    a = features / seconds[:, None]
+    keys = sorted({k.key for kernels_, _ in programs for k in kernels_})
+    column = {key: 4 * i for i, key in enumerate(keys)}
+    features = np.zeros((len(programs), 4 * len(keys)))
+    for row, (kernels_, _) in enumerate(programs):
+        for k in kernels_:
+            features[row, column[k.key]:column[k.key] + 4] += k.features()
+    measured = np.array([seconds for _, seconds in programs], dtype=float)
+    a = features / measured[:, None]
     scale = np.linalg.norm(a, axis=0)
     scale[scale == 0] = 1.0
-    coef, _ = nnls(a / scale, np.ones(len(seconds)))
+    coef, _ = nnls(a / scale, (measured - call_overhead) / measured)
     coef = coef / scale
-    predicted = features @ coef
-    rel = np.abs(predicted - seconds) / seconds
-    return KernelFit(overhead_s=float(coef[0]), s_per_mac=float(coef[1]),
-                     s_per_byte=float(coef[2]), s_per_weight=float(coef[3]),
-                     samples=len(seconds), median_rel_error=float(np.median(rel)))
-
-
-def fit_kernels(samples: Mapping[str, list[tuple[Kernel, float]]]) -> dict[str, KernelFit]:
-    """One fit per "kind/dtype" key from (kernel, measured kernel seconds) samples."""
-    return {key: fit_kernel(np.stack([k.features() for k, _ in rows]),
-                            np.array([s for _, s in rows]))
-            for key, rows in samples.items() if rows}
+    rel = np.abs(features @ coef + call_overhead - measured) / measured
+    fits = {}
+    for key in keys:
+        rows = [r for r, (kernels_, _) in enumerate(programs)
+                if any(k.key == key for k in kernels_)]
+        c = coef[column[key]:column[key] + 4]
+        fits[key] = KernelFit(overhead_s=float(c[0]), s_per_mac=float(c[1]),
+                              s_per_byte=float(c[2]), s_per_weight=float(c[3]),
+                              samples=len(rows), median_rel_error=float(np.median(rel[rows])))
+    return fits

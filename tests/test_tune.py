@@ -9,7 +9,7 @@ from gcc_gan import targets, zoo
 from gcc_gan.cli import app
 from gcc_gan.measure import Latency
 from gcc_gan.targets.roofline import MODEL_OVERHEAD, kernels
-from gcc_gan.tune import spread, tune
+from gcc_gan.tune import CHAINS, spread, tune
 
 TRUTH = {"fp32": np.array([2e-5, 1e-11, 5e-11, 3e-10]), "int8": np.array([3e-5, 3e-12, 8e-11, 1e-10])}
 CALL = 1e-4
@@ -35,7 +35,9 @@ def test_the_spread_covers_every_kernel_kind_and_int8():
     upsampling = [p.label for p in probes if p.label.startswith("conv_transpose")]
     assert any(" s1 " in label for label in upsampling)
     assert any(label.endswith(("@4", "@8")) for label in upsampling)
-    assert sum(p.int8 for p in probes) == 58 and len(probes) == 125
+    assert sum(p.int8 for p in probes) == 94 and len(probes) == 171
+    chains = [p for p in probes if not p.label.startswith(("conv", "depthwise")) and p.int8]
+    assert {p.label.rsplit(" ", 2)[0] for p in chains} == {name for name, _, _ in CHAINS}
     assert [p.label for p in spread(targets.get("x86"), "quick", seed=1)] == \
         [p.label for p in spread(targets.get("x86"), "quick", seed=1)]
 
