@@ -173,8 +173,4 @@ def _unit_tail(norm: fx.Node, eight_bit: set[str], reads_8bit) -> list[fx.Node] 
     if src.name not in eight_bit or len(src.users) != 1:
         return None
     chain = _activations(norm)
-    last = chain[-1] if chain else norm
-    readers = list(last.users)
-    if not readers or not all(reads_8bit(u, last) for u in readers):
-        return None
-    return chain
+    return chain if _read_8bit(chain[-1] if chain else norm, reads_8bit) else None
