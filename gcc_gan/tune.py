@@ -101,12 +101,24 @@ class _Concat(nn.Module):
         return self.out(torch.relu(torch.cat([self.a(x), self.b(x)], 1)))
 
 
+def _stack(c: int, layers: int, k: int) -> nn.Sequential:
+    """`layers` kxk convs from c to c channels, each padded by reflection and followed by a ReLU."""
+    body: list[nn.Module] = []
+    for _ in range(layers):
+        body += [nn.ReflectionPad2d(k // 2), nn.Conv2d(c, c, k), nn.ReLU()]
+    return nn.Sequential(*body)
+
+
 # Chains of int8 convs: a lone int8 conv pays the Q, DQ and layout transposes at its ends, which
 # a generator's int8 convs mostly do not, and norms, pads, adds and shuffles between int8 convs
 # run as 8-bit kernels of their own (targets/int8_runtime.py); each kind is fitted from these.
-# Their convs are 1x1, so that what runs between them is a large part of the time.
+# Their convs are small, so that what runs between them, and what each conv costs whatever its
+# size, are a large part of the time: fitted on lone convs and 2-conv chains alone, 16-channel
+# 3x3 int8 convs at 32 px were predicted at 5 us a layer (conv and pad) and ran in 20.
 # (label, MACs / (C^2 H W), module for C channels)
 CHAINS = (
+    ("conv stack", 6 * 9, lambda c: _stack(c, 6, 3)),
+    ("1x1 stack", 6, lambda c: _stack(c, 6, 1)),
     ("norm chain", 2, lambda c: nn.Sequential(_conv1(c, c), nn.InstanceNorm2d(c), nn.ReLU(),
                                               nn.ReflectionPad2d(1), _conv1(c, c))),
     ("relu chain", 2, lambda c: nn.Sequential(_conv1(c, c), nn.ReLU(), _conv1(c, c))),
@@ -119,24 +131,36 @@ CHAINS = (
 
 
 def spread(target: Target, size: str = "full", seed: int = 0) -> list[Probe]:
-    """The probes to measure: "full" (125 probes, minutes) or "quick" (a few per kind, seconds)."""
+    """The probes to measure: "full" (197 probes, minutes) or "quick" (a few per kind, seconds)."""
     rng = random.Random(seed)
     n = {"full": 1, "quick": 0}[size]
     int8 = "int8" in target.precisions and "quantize_int8" in target.passes
     probes: list[Probe] = []
 
-    def conv_probe(cin, cout, k, stride, hw):
-        macs = cin * cout * k * k * (hw // stride) ** 2
-        return None if not 2e5 <= macs <= 8e8 else Probe(
-            f"conv k{k} s{stride} {cin}->{cout} @{hw}",
-            nn.Conv2d(cin, cout, k, stride, k // 2), (_x(cin, hw),), int8)
+    def conv_probes(count, shape):
+        """`count` single-conv probes of shapes drawn by `shape()`, in the MACs probes span."""
+        found = []
+        while len(found) < count:
+            cin, cout, k, stride, hw = shape()
+            if 2e5 <= cin * cout * k * k * (hw // stride) ** 2 <= 8e8:
+                found.append(Probe(f"conv k{k} s{stride} {cin}->{cout} @{hw}",
+                                   nn.Conv2d(cin, cout, k, stride, k // 2), (_x(cin, hw),), int8))
+        return found
 
-    while len(probes) < (48 if n else 6):
+    def any_conv():
         k = rng.choices((1, 3, 7), (3, 6, 1))[0]
         cin = rng.choice((3, *WIDTHS)) if k == 7 else rng.choice(WIDTHS)
-        p = conv_probe(cin, rng.choice(WIDTHS), k, rng.choice((1, 1, 2)), rng.choice(RESOLUTIONS))
-        if p is not None:
-            probes.append(p)
+        return cin, rng.choice(WIDTHS), k, rng.choice((1, 1, 2)), rng.choice(RESOLUTIONS)
+
+    probes += conv_probes(48 if n else 6, any_conv)
+    # where generators run convs that those miss: the RGB stem (3 input channels at the image's
+    # size) and the bottleneck (hundreds of channels at 1-8 px, where reading the weights is the
+    # time: 512->512 3x3 int8 convs at 2-4 px ran in 1.5-2x what probes at 16-128 px predicted)
+    probes += conv_probes(6 if n else 1, lambda: (
+        3, rng.choice(WIDTHS[:6]), *rng.choice(((7, 1), (3, 1), (4, 2))), rng.choice((64, 128, 256))))
+    probes += conv_probes(8 if n else 1, lambda: (
+        rng.choice((128, 256, 384, 512)), rng.choice((128, 256, 512)), rng.choice((3, 4)),
+        rng.choice((1, 2)), rng.choice((2, 4, 8))))
     for _ in range(10 if n else 2):
         c, hw = rng.choice(WIDTHS[1:]), rng.choice(RESOLUTIONS)
         probes.append(Probe(f"depthwise 3x3 {c} @{hw}", nn.Conv2d(c, c, 3, 1, 1, groups=c),

@@ -228,8 +228,9 @@ def quantize_int8(graph: GanGraph, target=None, config: QuantConfig = QuantConfi
     bits, bits_why = weight_bits(config, target)
     batches, calibration = _batches(calib_data, graph.example_inputs, config.max_calib_batches)
     adds = _residual_adds(gm) if config.int8_adds else []
+    output = {node.name: quantized_output(node).name for node in chosen}
     watch = {}
-    for name in [n for node in chosen for n in (node.args[0].name, node.name)] + [
+    for name in [n for node in chosen for n in (node.args[0].name, output[node.name])] + [
             a.name for node in adds for a in node.args]:
         watch.setdefault(name, Observer(config.observer, config.percentile))
     with torch.no_grad():
@@ -244,7 +245,8 @@ def quantize_int8(graph: GanGraph, target=None, config: QuantConfig = QuantConfi
             input=node.args[0].name,
             weight_qparams=symmetric_qparams(weight, config.per_channel, bits=bits),
             input_qparams=watch[node.args[0].name].qparams(config.activations),
-            output_qparams=watch[node.name].qparams(config.activations), sensitivity_psnr=math.nan)
+            output_qparams=watch[output[node.name]].qparams(config.activations),
+            sensitivity_psnr=math.nan)
     if speed is not None and config.speed_check and plan:
         plan = _where_int8_pays(gm, plan, speed, skipped)
     if config.min_psnr is not None and plan:
@@ -289,6 +291,29 @@ def weight_bits(config: QuantConfig, target=None) -> tuple[int, str]:
         return 7, ("this host's ONNX Runtime int8 convs saturate int16 sums of uint8 x int8 "
                    "product pairs (an x86 CPU without VNNI): 7-bit weights keep them exact")
     return 8, "this host's ONNX Runtime int8 convs accumulate exactly"
+
+
+_RELUS = ops.op_set("relu", "relu_")
+
+
+def quantized_output(conv: fx.Node) -> fx.Node:
+    """The tensor whose range a conv's output is quantized with: a ReLU that reads it alone,
+    directly or through value movers that each read alone (a sub-pixel conv's shuffle and crop),
+    else the conv's own output. With the ReLU's range (zero point at the minimum) the int8
+    kernel's saturation is the ReLU: ONNX Runtime drops it and the DQ -> Q between two int8
+    convs. With the conv's own range that pair stayed and requantized the tensor (a DCGAN at
+    ngf 32: one pair per layer)."""
+    tensor = conv
+    while len(tensor.users) == 1:
+        user = next(iter(tensor.users))
+        if user.op != "call_function" or not user.args or user.args[0] is not tensor:
+            break
+        if ops.packet(user.target) in _RELUS:
+            return user
+        if ops.packet(user.target) not in ops.ValueMover:
+            break
+        tensor = user
+    return conv
 
 
 _ADDS = ops.op_set("add")

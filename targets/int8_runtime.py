@@ -21,18 +21,16 @@ from dataclasses import dataclass
 from torch import fx
 
 from gcc_gan.ir import ops
-from gcc_gan.passes.quantize import int8_add_nodes
+from gcc_gan.passes.quantize import int8_add_nodes, quantized_output
 
 # ops that only move values: the lowering runs them on the 8-bit side of a Q or DQ
-MOVERS = ops.Pad | ops.Shuffle | ops.op_set(
-    "view", "_unsafe_view", "reshape", "flatten", "unflatten", "permute", "transpose", "t",
-    "squeeze", "unsqueeze", "slice", "narrow", "alias", "detach")
+MOVERS = ops.ValueMover
 # ops ONNX Runtime runs on 8-bit tensors where their inputs are dequantized and their output
 # quantized (QLinearLeakyRelu, QLinearSigmoid, QLinearConcat); float readers of the output then
 # read it through a DQ
 QLINEAR = ops.op_set("leaky_relu", "leaky_relu_", "sigmoid", "sigmoid_", "cat")
-# what a Q absorbs after a norm unit (ONNX Runtime drops a ReLU before a Q whose zero point is
-# the minimum); other activations run in float inside the unit
+# what a Q absorbs after a norm unit, a QLINEAR op or an int8 conv (ONNX Runtime drops a ReLU
+# before a Q whose zero point is the minimum); other activations run in float inside a unit
 _FOLDED = ops.op_set("relu", "relu_")
 
 
@@ -50,16 +48,19 @@ def int8_domain(gm: fx.GraphModule, int8: Iterable[str]) -> Int8Domain:
     adds = set(int8_add_nodes(gm, convs)) if convs else set()
     # an 8-bit op needs all its inputs 8-bit, which may be decided after the op is reached:
     # grow the set until it stops changing (each round only adds)
-    found = _eight_bit(nodes, convs, adds, frozenset())
+    by_name = {n.name: n for n in nodes}
+    # ReLUs whose range an int8 conv's output is quantized with (`quantized_output`)
+    relus = {quantized_output(by_name[c]).name for c in convs if c in by_name} - convs
+    found = _eight_bit(nodes, convs, adds, relus, frozenset())
     for _ in nodes:
-        again = _eight_bit(nodes, convs, adds, found.eight_bit)
+        again = _eight_bit(nodes, convs, adds, relus, found.eight_bit)
         if again.eight_bit == found.eight_bit:
             break
         found = again
     return found
 
 
-def _eight_bit(nodes, convs, adds, known) -> Int8Domain:
+def _eight_bit(nodes, convs, adds, relus, known) -> Int8Domain:
     reads: dict[tuple[str, str], bool] = {}
 
     def reads_8bit(user: fx.Node, tensor: fx.Node) -> bool:
@@ -78,7 +79,7 @@ def _eight_bit(nodes, convs, adds, known) -> Int8Domain:
             elif _is(user, QLINEAR):
                 others = [a for a in _tensor_args(user) if a is not tensor]
                 found = all(a.name in known for a in others) and _any_reads_8bit(user, reads_8bit)
-            elif _absorbed_relu(user, tensor):
+            elif _absorbed_relu(user, tensor, relus):
                 found = _read_8bit(user, reads_8bit)
             else:
                 found = False
@@ -99,8 +100,8 @@ def _eight_bit(nodes, convs, adds, known) -> Int8Domain:
             if (all(a.name in eight_bit for a in _tensor_args(node))
                     and _any_reads_8bit(node, reads_8bit)):
                 eight_bit.add(node.name)
-        elif node.args and _absorbed_relu(node, node.args[0]):
-            if node.args[0].name in eight_bit:
+        elif node.args and _absorbed_relu(node, node.args[0], relus):
+            if node.args[0].name in eight_bit and _read_8bit(node, reads_8bit):
                 eight_bit.add(node.name)
                 folded.add(node.name)
         elif _is(node, ops.Norm) and node.args and isinstance(node.args[0], fx.Node):
@@ -137,12 +138,12 @@ def _any_reads_8bit(node: fx.Node, reads_8bit) -> bool:
     return any(reads_8bit(u, node) for u in node.users)
 
 
-def _absorbed_relu(node: fx.Node, tensor) -> bool:
-    """A ReLU that is the only reader of an 8-bit op's output: that op's Q takes the ReLU's
-    parameters and absorbs it. (After an int8 conv it does not: the conv's output keeps the
-    range before the ReLU, and a DQ -> Q pair requantizes it.)"""
+def _absorbed_relu(node: fx.Node, tensor, relus) -> bool:
+    """A ReLU whose input's Q takes its parameters: the only reader of a QLINEAR op's output,
+    or the ReLU an int8 conv's output is quantized for (`relus`). Where every reader reads it
+    in 8 bits, ONNX Runtime drops it with the DQ -> Q around it."""
     return (_is(node, _FOLDED) and isinstance(tensor, fx.Node) and node.args[0] is tensor
-            and _is(tensor, QLINEAR) and len(tensor.users) == 1)
+            and (node.name in relus or (_is(tensor, QLINEAR) and len(tensor.users) == 1)))
 
 
 def _tensor_args(node: fx.Node) -> list[fx.Node]:

@@ -35,8 +35,8 @@ def test_the_spread_covers_every_kernel_kind_and_int8():
     upsampling = [p.label for p in probes if p.label.startswith("conv_transpose")]
     assert any(" s1 " in label for label in upsampling)
     assert any(label.endswith(("@4", "@8")) for label in upsampling)
-    assert sum(p.int8 for p in probes) == 94 and len(probes) == 171
-    chains = [p for p in probes if not p.label.startswith(("conv", "depthwise")) and p.int8]
+    assert sum(p.int8 for p in probes) == 120 and len(probes) == 197
+    chains = [p for p in probes if not p.label.startswith(("conv k", "depthwise")) and p.int8]
     assert {p.label.rsplit(" ", 2)[0] for p in chains} == {name for name, _, _ in CHAINS}
     assert [p.label for p in spread(targets.get("x86"), "quick", seed=1)] == \
         [p.label for p in spread(targets.get("x86"), "quick", seed=1)]

@@ -75,6 +75,11 @@ Movement = View | Pad | op_set("cat", "stack", "pixel_shuffle", "pixel_unshuffle
 # back): runtimes run it many times slower per byte than a pad or a concat (uint8 DepthToSpace
 # in ONNX Runtime: 2 ms for 0.8 MB), so cost models give it a kernel kind of its own.
 Shuffle = op_set("pixel_shuffle", "pixel_unshuffle", "channel_shuffle")
+# Ops whose output holds only values of their input (and a pad's constant): they commute with
+# a per-tensor quantize or dequantize, so int8 lowerings run them on 8-bit tensors.
+ValueMover = Pad | Shuffle | op_set(
+    "view", "_unsafe_view", "reshape", "flatten", "unflatten", "permute", "transpose", "t",
+    "squeeze", "unsqueeze", "slice", "narrow", "alias", "detach")
 Creation = op_set("zeros", "ones", "full", "empty", "arange", "zeros_like", "ones_like",
                 "full_like", "empty_like", "new_zeros", "new_ones", "new_full", "new_empty",
                 "randn", "rand", "randn_like", "rand_like", "scalar_tensor", "tensor", "linspace")

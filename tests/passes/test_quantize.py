@@ -209,6 +209,45 @@ def test_residual_adds_feeding_int8_convs_run_as_qlinearadd(tmp_path):
     assert off.report.int8_adds == () and len(off.plan) == len(result.plan)
 
 
+def test_a_conv_read_only_by_a_relu_is_quantized_with_the_relus_range(tmp_path):
+    """Its zero point is then the minimum: the int8 kernel's saturation is the ReLU, and ONNX
+    Runtime runs the next int8 conv on its output with no DQ -> Q between."""
+    c = 8
+    model = torch.nn.Sequential(torch.nn.Conv2d(c, c, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.PixelShuffle(2), torch.nn.Conv2d(c // 4, c, 1),
+                                torch.nn.ReLU(), torch.nn.Conv2d(c, c, 1))
+    x = torch.randn(2, c, 8, 8, generator=torch.Generator().manual_seed(0))
+    graph = trace(model.eval(), (x,))
+    result = quantize_int8(graph, calib_data=[(x,)])
+    zero_points = [q.output_qparams.zero_point[0] for q in result.plan]
+    assert zero_points[:2] == [0, 0] and zero_points[2] != 0   # the last one has no ReLU
+    lowered = lower_onnx(result.graph, calib=[(x,)])
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(lowered.data, options, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+    assert ops.count("QLinearConv") == 3 and "Relu" not in ops
+    assert ops.count("QuantizeLinear") == ops.count("DequantizeLinear") == 1
+    with torch.no_grad():
+        reference = model(x)
+    assert psnr(lowered.run(x), reference) > 35
+
+
+def test_a_conv_with_other_readers_keeps_its_own_range():
+    class Residual(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(4, 4, 3, padding=1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return torch.relu(y) + y
+
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    result = quantize_int8(trace(Residual().eval(), (x,)), calib_data=[(x,)])
+    assert result.plan[0].output_qparams.zero_point[0] != 0
+
+
 def test_the_speed_check_can_be_switched_off():
     from gcc_gan.passes.quantize import SpeedCheck
 

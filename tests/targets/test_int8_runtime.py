@@ -51,9 +51,15 @@ def test_a_norm_between_int8_convs_is_one_8bit_unit_whose_relu_is_free():
                                               "quantize/int8", "quantize/int8"]
 
 
-def test_a_relu_after_an_int8_conv_costs_a_requantization():
-    # the conv's output is quantized before the ReLU, the next conv's input after it: DQ, Q
-    assert _keys(_chain("relu chain"), X).count("quantize/int8") == 4
+def test_a_relu_between_int8_convs_is_free_and_converts_nothing():
+    # the conv's output is quantized with the ReLU's range: its saturation is the ReLU
+    assert _keys(_chain("relu chain"), X) == ["conv/int8", "conv/int8", "quantize/int8",
+                                              "quantize/int8"]
+
+
+def test_a_relu_read_in_float_after_an_int8_conv_is_a_float_kernel():
+    keys = _keys(nn.Sequential(nn.Conv2d(C, C, 3, padding=1), nn.ReLU()), X)
+    assert keys == ["conv/int8", "pointwise/fp32", "quantize/int8", "quantize/int8"]
 
 
 def test_adds_shuffles_leaky_relus_and_concats_between_int8_convs_run_in_8_bits():

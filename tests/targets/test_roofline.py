@@ -8,6 +8,8 @@ import torch
 from torch import nn
 
 from gcc_gan import targets, trace, zoo
+from gcc_gan.passes.quantize import quantize_int8
+from gcc_gan.quant import quant_plan
 from gcc_gan.targets import KernelFit
 from gcc_gan.targets.roofline import (MODEL_OVERHEAD, Kernel, datasheet_fit, fit_programs,
                                       kernels, macs_proxy_fit, predict)
@@ -29,9 +31,14 @@ def test_conv_features_pad_channels_to_the_alignment():
     assert k.nbytes == 4 * (20 * 64 + 40 * 64) and k.weights == 40 * 20 * 9
 
 
-def test_channels_narrower_than_the_alignment_are_not_padded():
-    k = one_kernel(nn.Conv2d(3, 16, 7, padding=3), 1, 3, 8, 8)
-    assert k.work == 8 * 8 * 16 * 3 * 49
+def test_inputs_narrower_than_the_alignment_are_padded_in_int8_only():
+    conv, x = nn.Conv2d(3, 16, 7, padding=3), torch.randn(1, 3, 8, 8)
+    assert one_kernel(conv, 1, 3, 8, 8).work == 8 * 8 * 16 * 3 * 49   # fp32: a direct RGB path
+    with pytest.warns(UserWarning):
+        graph = quantize_int8(trace(conv, (x,))).graph
+    found = [k for k in kernels(graph, X86, int8=[q.node for q in quant_plan(graph.module)])
+             if k.kind == "conv"]
+    assert found[0].dtype == "int8" and found[0].work == 8 * 8 * 16 * 16 * 49
 
 
 @pytest.mark.parametrize("module, shape, kind, weights", [
