@@ -52,7 +52,7 @@ class QuantConfig:
     activations: str = "uint8"          # "uint8" | "int8"
     min_psnr: float | None = None       # dB vs the float model; None: every eligible layer int8
     max_calib_batches: int = 8
-    int8_adds: bool = True              # residual adds feeding an int8 conv run in int8 too
+    int8_adds: bool = True              # adds read only in 8 bits (into int8 convs) run in int8
     speed_check: bool = True            # with a SpeedCheck: keep float where int8 is slower
 
     def __post_init__(self):
@@ -231,7 +231,7 @@ def quantize_int8(graph: GanGraph, target=None, config: QuantConfig = QuantConfi
     output = {node.name: quantized_output(node).name for node in chosen}
     watch = {}
     for name in [n for node in chosen for n in (node.args[0].name, output[node.name])] + [
-            a.name for node in adds for a in node.args]:
+            n.name for node in adds for n in (*node.args, node)]:
         watch.setdefault(name, Observer(config.observer, config.percentile))
     with torch.no_grad():
         references = []
@@ -347,29 +347,75 @@ def _conv_fed_by(node: fx.Node, plan: dict[str, LayerQuant]) -> LayerQuant | Non
     return None
 
 
+def norm_activations(norm: fx.Node) -> list[fx.Node]:
+    """The activations right after `norm`, each the only reader of what it follows."""
+    chain, tensor = [], norm
+    while len(tensor.users) == 1:
+        user = next(iter(tensor.users))
+        if not (user.op == "call_function" and ops.packet(user.target) in ops.Activation
+                and user.args and user.args[0] is tensor):
+            break
+        chain.append(user)
+        tensor = user
+    return chain
+
+
+def _read_in_int8(tensor: fx.Node, plan, adds: set[str]) -> bool:
+    """Whether every reader of `tensor` reads it quantized: an int8 conv (through pads), an
+    int8 add, or an instance norm that only it feeds and whose output (after its activations)
+    is read so: the lowering then runs the norm as an 8-bit unit (`gcc_gan.lower.nhwc`)."""
+    def reads(user: fx.Node) -> bool:
+        if user.op != "call_function":
+            return False
+        if user.name in plan or user.name in adds:
+            return user.name in adds or user.args[0] is tensor
+        if ops.packet(user.target) in _PADS:
+            return _read_in_int8(user, plan, adds)
+        if ops.packet(user.target) in ops.InstanceNorm and len(tensor.users) == 1:
+            chain = norm_activations(user)
+            return _read_in_int8(chain[-1] if chain else user, plan, adds)
+        return False
+    return bool(tensor.users) and all(reads(user) for user in tensor.users)
+
+
+def _chosen_adds(adds: list[fx.Node], plan) -> set[str]:
+    """The adds that run in int8 given the int8 convs (`plan`'s keys): those whose output feeds
+    an int8 conv, and those whose output every reader reads quantized (the branch sums of an
+    inception block, which feed each other and then a norm). Decided from the last add back."""
+    chosen: set[str] = set()
+    for node in reversed(adds):
+        if _conv_fed_by(node, plan) is not None or _read_in_int8(node, plan, chosen):
+            chosen.add(node.name)
+    return chosen
+
+
 def int8_add_nodes(gm: fx.GraphModule, convs) -> list[str]:
     """The residual adds this pass runs in int8 when `convs` (node names) are its int8 convs."""
-    plan = dict.fromkeys(convs, True)
-    return [node.name for node in _residual_adds(gm) if _conv_fed_by(node, plan) is not None]
+    adds = _residual_adds(gm)
+    chosen = _chosen_adds(adds, dict.fromkeys(convs, True))
+    return [node.name for node in adds if node.name in chosen]
 
 
 def _int8_adds(adds: list[fx.Node], plan: dict[str, LayerQuant], watch: dict[str, Observer],
                activations: str) -> dict[str, AddQuant]:
-    """An add runs in int8 where its output feeds an int8 conv: that output is quantized for
-    the conv anyway, and the add reads and writes a quarter of the bytes. A tensor keeps one
-    set of parameters wherever it is quantized (conv input/output, an earlier add's output)."""
+    """An add runs in int8 where its output is read quantized anyway (`_chosen_adds`): it then
+    reads and writes a quarter of the bytes, and no DQ -> Add -> Q surrounds it. A tensor keeps
+    one set of parameters wherever it is quantized (conv input/output, an earlier add's
+    output); an add that feeds no int8 conv has its output's own range."""
     known = {q.input: q.input_qparams for q in plan.values()}
     known.update({q.node: q.output_qparams for q in plan.values()})
+    selected = _chosen_adds(adds, plan)
     chosen = {}
     for node in adds:
-        conv = _conv_fed_by(node, plan)
-        if conv is None:
+        if node.name not in selected:
             continue
+        conv = _conv_fed_by(node, plan)
+        output = conv.input_qparams if conv is not None else watch[node.name].qparams(activations)
         inputs = tuple(known.get(a.name) or watch[a.name].qparams(activations) for a in node.args)
         chosen[node.name] = AddQuant(node=node.name, module=source_module(node),
                                      inputs=tuple(a.name for a in node.args),
-                                     input_qparams=inputs, output_qparams=conv.input_qparams)
-        known[node.name] = conv.input_qparams
+                                     input_qparams=inputs, output_qparams=output)
+        known[node.name] = output
     return chosen
 
 

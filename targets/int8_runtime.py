@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from torch import fx
 
 from gcc_gan.ir import ops
-from gcc_gan.passes.quantize import int8_add_nodes, quantized_output
+from gcc_gan.passes.quantize import int8_add_nodes, norm_activations, quantized_output
 
 # ops that only move values: the lowering runs them on the 8-bit side of a Q or DQ
 MOVERS = ops.ValueMover
@@ -104,13 +104,13 @@ def _eight_bit(nodes, convs, adds, relus, known) -> Int8Domain:
             if node.args[0].name in eight_bit and _read_8bit(node, reads_8bit):
                 eight_bit.add(node.name)
                 folded.add(node.name)
-        elif _is(node, ops.Norm) and node.args and isinstance(node.args[0], fx.Node):
+        elif _is(node, ops.InstanceNorm) and node.args and isinstance(node.args[0], fx.Node):
             tail = _unit_tail(node, eight_bit, reads_8bit)
             if tail is not None:
                 units.add(node.name)
                 eight_bit.add(tail[-1].name if tail else node.name)
                 folded.update(a.name for a in tail if _is(a, _FOLDED))
-    inside = {a.name for n in nodes if n.name in units for a in _activations(n)}
+    inside = {a.name for n in nodes if n.name in units for a in norm_activations(n)}
     conversions: list[str] = []
     for node in nodes:
         if node.name in inside:
@@ -155,23 +155,11 @@ def _is(node: fx.Node, packets) -> bool:
     return node.op == "call_function" and ops.packet(node.target) in packets
 
 
-def _activations(norm: fx.Node) -> list[fx.Node]:
-    """The activations right after `norm`, each the only reader of what it follows."""
-    chain, tensor = [], norm
-    while len(tensor.users) == 1:
-        user = next(iter(tensor.users))
-        if not _is(user, ops.Activation) or user.args[0] is not tensor:
-            break
-        chain.append(user)
-        tensor = user
-    return chain
-
-
 def _unit_tail(norm: fx.Node, eight_bit: set[str], reads_8bit) -> list[fx.Node] | None:
     """The activations of `norm`'s unit when it runs as one (its input 8-bit and read by it
     alone, its last output read in 8 bits by every reader), else None."""
     src = norm.args[0]
     if src.name not in eight_bit or len(src.users) != 1:
         return None
-    chain = _activations(norm)
+    chain = norm_activations(norm)
     return chain if _read_8bit(chain[-1] if chain else norm, reads_8bit) else None

@@ -248,6 +248,39 @@ def test_a_conv_with_other_readers_keeps_its_own_range():
     assert result.plan[0].output_qparams.zero_point[0] != 0
 
 
+class BranchSum(torch.nn.Module):
+    """An inception block's shape: branch convs summed, an instance norm, a residual add."""
+
+    def __init__(self, c=8):
+        super().__init__()
+        self.branches = torch.nn.ModuleList(torch.nn.Conv2d(c, c, k, padding=k // 2)
+                                            for k in (1, 3, 5))
+        self.norm, self.out = torch.nn.InstanceNorm2d(c, affine=True), torch.nn.Conv2d(c, c, 3)
+
+    def forward(self, x):
+        total = self.branches[0](x)
+        for branch in self.branches[1:]:
+            total = total + branch(x)
+        y = x + self.norm(total)
+        return self.out(torch.nn.functional.pad(y, (1, 1, 1, 1), mode="reflect"))
+
+
+def test_branch_sums_read_only_by_int8_ops_run_as_qlinearadd(tmp_path):
+    x = torch.randn(2, 8, 16, 16, generator=torch.Generator().manual_seed(0))
+    model = BranchSum().eval()
+    result = quantize_int8(trace(model, (x,)), calib_data=[(x,)])
+    assert len(result.report.int8_adds) == 3   # the two branch sums and the residual add
+    lowered = lower_onnx(result.graph, calib=[(x,)])
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(lowered.data, options, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+    assert ops.count("QLinearAdd") == 3 and "Add" not in ops
+    with torch.no_grad():
+        reference = model(x)
+    assert psnr(lowered.run(x), reference) > 30
+
+
 def test_the_speed_check_can_be_switched_off():
     from gcc_gan.passes.quantize import SpeedCheck
 

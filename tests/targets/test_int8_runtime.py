@@ -75,7 +75,8 @@ def test_without_int8_convs_nothing_is_8bit():
     assert all(k.dtype == "fp32" for k in kernels(graph, X86))
 
 
-@pytest.mark.parametrize("name", [name for name, _, _ in CHAINS] + ["resnet", "unet", "sngan"])
+@pytest.mark.parametrize("name", [name for name, _, _ in CHAINS]
+                         + ["resnet", "unet", "sngan", "inception"])
 def test_conversions_are_the_qs_and_dqs_onnx_runtime_runs(name, tmp_path):
     """Every Q or DQ in ONNX Runtime's optimized program, but the two inside each NHWC norm
     unit, is one `quantize` kernel of the model, and every 8-bit kernel it counts is there."""
