@@ -8,7 +8,10 @@ QDQ ONNX (`gcc_gan.lower.qdq`), where ONNX Runtime fuses DQ -> Conv -> Q into in
 Chosen: ordinary convs whose weight is a stored tensor. Left in float, with the reason in the
 report: transposed convs (ONNX Runtime has no int8 ConvTranspose on CPU; run
 `deconv_to_subpixel` first), convs with computed weights (StyleGAN2's modulated convs), and the
-layers a `min_psnr` floor sends back to float. Norms and elementwise ops stay float.
+layers a `min_psnr` floor sends back to float. Adds whose output is read only in 8 bits (by
+int8 convs, int8 adds, or an instance norm that the lowering runs as an 8-bit unit) run in int8
+too; other norms and elementwise ops stay float. A conv read only by a ReLU is quantized with
+the ReLU's range (`quantized_output`), so the int8 kernel's saturation is the ReLU.
 
 Speed: int8 is not faster everywhere (the Anycost report's int8 model was slower than float).
 Given a `SpeedCheck` (compile makes one when it measures on a device), each chosen conv is timed

@@ -7,7 +7,8 @@ squares on relative error (`fit_programs`). Efficiency depends on alignment and 
 the features:
 
     work    = MACs * pad(Cin/g)/(Cin/g) * pad(Cout)/Cout   pad(c) = c rounded up to the target's
-              (convs, matmuls)                              channel alignment (Cin: for Cin >= it)
+              (convs, matmuls)                              channel alignment (fp32 Cin: for
+                                                            Cin >= it)
             = elements                                     (norms, pointwise ops)
     nbytes  = 4 * (input + output elements)                activations cross memory in fp32
     weights = weight elements                              packing + few-pixels inefficiency
@@ -93,10 +94,11 @@ def _padded(c: int, align: int) -> int:
     return -(-c // align) * align if c >= align else c
 
 
-def _padded_outputs(c: int, align: int) -> int:
+def _whole_blocks(c: int, align: int) -> int:
     """Kernels compute whole blocks of output channels, narrow layers too: a 7x7 conv from 16 to
     3 channels at 256x256 measured 8.0 ms against 3.9 ms for the same MACs as 21 outputs
-    (passes/split_taps.py). Narrow *inputs* (RGB) take dedicated paths, so `_padded` spares them."""
+    (passes/split_taps.py). Narrow fp32 *inputs* (RGB) take dedicated paths, so `_padded`
+    spares them; int8 ones do not (`_alignment_factor`)."""
     return -(-c // align) * align
 
 
@@ -141,10 +143,10 @@ def _alignment_factor(g: Geometry, align: int, dtype: str) -> float:
     8 and 16 input channels alike (MACs: 1 to 5), where fp32 has a direct path for RGB inputs."""
     if g.kind == "matmul":
         return 1.0
-    out = _padded_outputs(g.cout, align) / g.cout
+    out = _whole_blocks(g.cout, align) / g.cout
     if g.kind == "depthwise":
         return out
-    cin = _padded_outputs(g.cin_g, align) if dtype == "int8" else _padded(g.cin_g, align)
+    cin = _whole_blocks(g.cin_g, align) if dtype == "int8" else _padded(g.cin_g, align)
     return out * cin / g.cin_g
 
 
