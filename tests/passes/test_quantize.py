@@ -189,6 +189,14 @@ def test_layers_where_int8_is_slower_on_the_device_stay_float():
     assert len(device.lowered) == 2 * geometries and len(again.plan) == 7
 
 
+def _optimized_ops(lowered, tmp_path) -> list[str]:
+    """The op types of the program ONNX Runtime runs for `lowered`, after its fusions."""
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(lowered.data, options, providers=["CPUExecutionProvider"])
+    return [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+
+
 def test_residual_adds_feeding_int8_convs_run_as_qlinearadd(tmp_path):
     graph = trace(zoo.build("resnet"), zoo.example_inputs("resnet"))
     calib = _calib("resnet")
@@ -196,10 +204,7 @@ def test_residual_adds_feeding_int8_convs_run_as_qlinearadd(tmp_path):
     # block 0's add feeds block 1's (int8) conv; block 1's feeds the transposed conv (float)
     assert result.report.int8_adds == ("add (blocks.0)",)
     lowered = lower_onnx(result.graph, calib=calib)
-    options = ort.SessionOptions()
-    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    ort.InferenceSession(lowered.data, options, providers=["CPUExecutionProvider"])
-    ops = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    ops = _optimized_ops(lowered, tmp_path)
     assert ops.count("QLinearAdd") == 1 and ops.count("Add") == 1
     x = zoo.example_inputs("resnet", batch=4, seed=9)
     with torch.no_grad():
@@ -222,10 +227,7 @@ def test_a_conv_read_only_by_a_relu_is_quantized_with_the_relus_range(tmp_path):
     zero_points = [q.output_qparams.zero_point[0] for q in result.plan]
     assert zero_points[:2] == [0, 0] and zero_points[2] != 0   # the last one has no ReLU
     lowered = lower_onnx(result.graph, calib=[(x,)])
-    options = ort.SessionOptions()
-    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    ort.InferenceSession(lowered.data, options, providers=["CPUExecutionProvider"])
-    ops = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+    ops = _optimized_ops(lowered, tmp_path)
     assert ops.count("QLinearConv") == 3 and "Relu" not in ops
     assert ops.count("QuantizeLinear") == ops.count("DequantizeLinear") == 1
     with torch.no_grad():
@@ -271,10 +273,7 @@ def test_branch_sums_read_only_by_int8_ops_run_as_qlinearadd(tmp_path):
     result = quantize_int8(trace(model, (x,)), calib_data=[(x,)])
     assert len(result.report.int8_adds) == 3   # the two branch sums and the residual add
     lowered = lower_onnx(result.graph, calib=[(x,)])
-    options = ort.SessionOptions()
-    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    ort.InferenceSession(lowered.data, options, providers=["CPUExecutionProvider"])
-    ops = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+    ops = _optimized_ops(lowered, tmp_path)
     assert ops.count("QLinearAdd") == 3 and "Add" not in ops
     with torch.no_grad():
         reference = model(x)
