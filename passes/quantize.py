@@ -11,7 +11,8 @@ report: transposed convs (ONNX Runtime has no int8 ConvTranspose on CPU; run
 layers a `min_psnr` floor sends back to float. Adds whose output is read only in 8 bits (by
 int8 convs, int8 adds, or an instance norm that the lowering runs as an 8-bit unit) run in int8
 too; other norms and elementwise ops stay float. A conv read only by a ReLU is quantized with
-the ReLU's range (`quantized_output`), so the int8 kernel's saturation is the ReLU.
+the ReLU's range (`gcc_gan.int8_graph.quantized_output`): the int8 kernel's saturation is the
+ReLU. Those graph rules live in `gcc_gan.int8_graph`, which the cost model follows too.
 
 Speed: int8 is not faster everywhere (the Anycost report's int8 model was slower than float).
 Given a `SpeedCheck` (compile makes one when it measures on a device), each chosen conv is timed
@@ -38,9 +39,10 @@ from torch import fx, nn
 
 from gcc_gan.ir import GanGraph, ops
 from gcc_gan.ir import edit
-from gcc_gan.ir.meta import arg, attr, node_val, source_module
+from gcc_gan.ir.meta import arg, attr, source_module
 from gcc_gan.ir.shapes import BatchOneShapes
 from gcc_gan.ir.trace import copy_module, trace
+from gcc_gan.int8_graph import chosen_adds, conv_fed_by, quantized_output, residual_adds
 from gcc_gan.metrics import psnr
 from gcc_gan.quant import (ADD_QUANT_KEY, OBSERVERS, QUANT_KEY, AddQuant, LayerQuant, Observer,
                            fake_quantize, symmetric_qparams)
@@ -230,7 +232,7 @@ def quantize_int8(graph: GanGraph, target=None, config: QuantConfig = QuantConfi
     chosen, skipped = int8_candidates(gm)
     bits, bits_why = weight_bits(config, target)
     batches, calibration = _batches(calib_data, graph.example_inputs, config.max_calib_batches)
-    adds = _residual_adds(gm) if config.int8_adds else []
+    adds = residual_adds(gm) if config.int8_adds else []
     output = {node.name: quantized_output(node).name for node in chosen}
     watch = {}
     for name in [n for node in chosen for n in (node.args[0].name, output[node.name])] + [
@@ -296,123 +298,20 @@ def weight_bits(config: QuantConfig, target=None) -> tuple[int, str]:
     return 8, "this host's ONNX Runtime int8 convs accumulate exactly"
 
 
-_RELUS = ops.op_set("relu", "relu_")
-
-
-def quantized_output(conv: fx.Node) -> fx.Node:
-    """The tensor whose range a conv's output is quantized with: a ReLU that reads it alone,
-    directly or through value movers that each read alone (a sub-pixel conv's shuffle and crop),
-    else the conv's own output. With the ReLU's range (zero point at the minimum) the int8
-    kernel's saturation is the ReLU: ONNX Runtime drops it and the DQ -> Q between two int8
-    convs. With the conv's own range that pair stayed and requantized the tensor (a DCGAN at
-    ngf 32: one pair per layer)."""
-    tensor = conv
-    while len(tensor.users) == 1:
-        user = next(iter(tensor.users))
-        if user.op != "call_function" or not user.args or user.args[0] is not tensor:
-            break
-        if ops.packet(user.target) in _RELUS:
-            return user
-        if ops.packet(user.target) not in ops.ValueMover:
-            break
-        tensor = user
-    return conv
-
-
-_ADDS = ops.op_set("add")
-_PADS = ops.op_set("pad", "reflection_pad2d", "replication_pad2d", "constant_pad_nd")
-
-
-def _residual_adds(gm: fx.GraphModule) -> list[fx.Node]:
-    """Adds of two activations of one shape (residual joins): what QLinearAdd runs."""
-    shapes = BatchOneShapes(gm)
-    found = []
-    for node in gm.graph.nodes:
-        if (node.op == "call_function" and ops.packet(node.target) in _ADDS and not node.kwargs
-                and len(node.args) == 2 and all(isinstance(a, fx.Node) for a in node.args)):
-            a, b = (shapes.shape(x) if isinstance(node_val(x), torch.Tensor) else None
-                    for x in node.args)
-            if a is not None and a == b == shapes.shape(node) and len(a) == 4:
-                found.append(node)
-    return found
-
-
-def _conv_fed_by(node: fx.Node, plan: dict[str, LayerQuant]) -> LayerQuant | None:
-    """The int8 conv whose input is `node`'s output, directly or through pads (which keep its
-    values, so they share its int8 parameters)."""
-    for user in node.users:
-        if user.name in plan and user.args[0] is node:
-            return plan[user.name]
-        if user.op == "call_function" and ops.packet(user.target) in _PADS:
-            found = _conv_fed_by(user, plan)
-            if found is not None:
-                return found
-    return None
-
-
-def norm_activations(norm: fx.Node) -> list[fx.Node]:
-    """The activations right after `norm`, each the only reader of what it follows."""
-    chain, tensor = [], norm
-    while len(tensor.users) == 1:
-        user = next(iter(tensor.users))
-        if not (user.op == "call_function" and ops.packet(user.target) in ops.Activation
-                and user.args and user.args[0] is tensor):
-            break
-        chain.append(user)
-        tensor = user
-    return chain
-
-
-def _read_in_int8(tensor: fx.Node, plan, adds: set[str]) -> bool:
-    """Whether every reader of `tensor` reads it quantized: an int8 conv (through pads), an
-    int8 add, or an instance norm that only it feeds and whose output (after its activations)
-    is read so: the lowering then runs the norm as an 8-bit unit (`gcc_gan.lower.nhwc`)."""
-    def reads(user: fx.Node) -> bool:
-        if user.op != "call_function":
-            return False
-        if user.name in plan or user.name in adds:
-            return user.name in adds or user.args[0] is tensor
-        if ops.packet(user.target) in _PADS:
-            return _read_in_int8(user, plan, adds)
-        if ops.packet(user.target) in ops.InstanceNorm and len(tensor.users) == 1:
-            chain = norm_activations(user)
-            return _read_in_int8(chain[-1] if chain else user, plan, adds)
-        return False
-    return bool(tensor.users) and all(reads(user) for user in tensor.users)
-
-
-def _chosen_adds(adds: list[fx.Node], plan) -> set[str]:
-    """The adds that run in int8 given the int8 convs (`plan`'s keys): those whose output feeds
-    an int8 conv, and those whose output every reader reads quantized (the branch sums of an
-    inception block, which feed each other and then a norm). Decided from the last add back."""
-    chosen: set[str] = set()
-    for node in reversed(adds):
-        if _conv_fed_by(node, plan) is not None or _read_in_int8(node, plan, chosen):
-            chosen.add(node.name)
-    return chosen
-
-
-def int8_add_nodes(gm: fx.GraphModule, convs) -> list[str]:
-    """The residual adds this pass runs in int8 when `convs` (node names) are its int8 convs."""
-    adds = _residual_adds(gm)
-    chosen = _chosen_adds(adds, dict.fromkeys(convs, True))
-    return [node.name for node in adds if node.name in chosen]
-
-
 def _int8_adds(adds: list[fx.Node], plan: dict[str, LayerQuant], watch: dict[str, Observer],
                activations: str) -> dict[str, AddQuant]:
-    """An add runs in int8 where its output is read quantized anyway (`_chosen_adds`): it then
+    """An add runs in int8 where its output is read quantized anyway (`chosen_adds`): it then
     reads and writes a quarter of the bytes, and no DQ -> Add -> Q surrounds it. A tensor keeps
     one set of parameters wherever it is quantized (conv input/output, an earlier add's
     output); an add that feeds no int8 conv has its output's own range."""
     known = {q.input: q.input_qparams for q in plan.values()}
     known.update({q.node: q.output_qparams for q in plan.values()})
-    selected = _chosen_adds(adds, plan)
+    selected = chosen_adds(adds, plan)
     chosen = {}
     for node in adds:
         if node.name not in selected:
             continue
-        conv = _conv_fed_by(node, plan)
+        conv = conv_fed_by(node, plan)
         output = conv.input_qparams if conv is not None else watch[node.name].qparams(activations)
         inputs = tuple(known.get(a.name) or watch[a.name].qparams(activations) for a in node.args)
         chosen[node.name] = AddQuant(node=node.name, module=source_module(node),

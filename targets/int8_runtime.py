@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from torch import fx
 
 from gcc_gan.ir import ops
-from gcc_gan.passes.quantize import int8_add_nodes, norm_activations, quantized_output
+from gcc_gan.int8_graph import int8_add_nodes, norm_activations, quantized_output
 
 # ops that only move values: the lowering runs them on the 8-bit side of a Q or DQ
 MOVERS = ops.ValueMover
@@ -31,7 +31,7 @@ MOVERS = ops.ValueMover
 QLINEAR = ops.op_set("leaky_relu", "leaky_relu_", "sigmoid", "sigmoid_", "cat")
 # what a Q absorbs after a norm unit, a QLINEAR op or an int8 conv (ONNX Runtime drops a ReLU
 # before a Q whose zero point is the minimum); other activations run in float inside a unit
-_FOLDED = ops.op_set("relu", "relu_")
+_FOLDED = ops.Relu
 
 
 @dataclass(frozen=True)

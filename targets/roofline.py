@@ -156,7 +156,6 @@ def _alignment_factor(g: Geometry, align: int, dtype: str) -> float:
 _FOLDED_NORMS = ops.op_set("batch_norm", "native_batch_norm", "_native_batch_norm_legit_no_training")
 _FUSED_ACTIVATIONS = ops.op_set("relu", "relu_", "leaky_relu", "leaky_relu_", "sigmoid",
                                 "tanh", "hardtanh", "hardtanh_", "clamp")
-_ABSORBED_RELUS = ops.op_set("relu", "relu_")
 
 
 def fused_epilogues(gm: fx.GraphModule) -> set[str]:
@@ -239,7 +238,7 @@ def _free_epilogue(node: fx.Node, fused: set[str], int8: set[str], domain) -> bo
     src = node.args[0] if node.args else None
     if not (isinstance(src, fx.Node) and src.name in int8):
         return node.name in fused
-    return (ops.packet(node.target) in _ABSORBED_RELUS and node.name in domain.conversions
+    return (ops.packet(node.target) in ops.Relu and node.name in domain.conversions
             and node.name not in domain.eight_bit)
 
 

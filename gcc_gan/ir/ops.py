@@ -32,6 +32,7 @@ Matmul = op_set("linear", "addmm", "mm", "bmm", "baddbmm", "matmul", "mv", "dot"
 Norm = op_set("batch_norm", "instance_norm", "group_norm", "layer_norm", "native_batch_norm",
             "_native_batch_norm_legit_no_training", "_native_batch_norm_legit",
             "native_group_norm", "native_layer_norm", "rms_norm")
+Relu = op_set("relu", "relu_")
 # exported as ONNX InstanceNormalization: the norm an int8 lowering runs between 8-bit tensors
 InstanceNorm = op_set("instance_norm")
 Activation = op_set("relu", "relu_", "leaky_relu", "leaky_relu_", "tanh", "tanh_", "sigmoid",
