@@ -4,7 +4,9 @@ latency and the final one, for T = 40 and 15 ms.
 Run: `make bench` (or `.venv/bin/python benchmarks/latency_budget.py`), after `gcc-gan tune
 --target x86` (benchmarks/cost_model.py runs it) so the search starts from measured kernel
 costs; without a tuned profile it starts from the datasheet figures and needs more rounds.
-ResNet-9 (ngf 64) at 256x256, int8 x86 pipeline, random calibration inputs. Writes
+ResNet-9 (ngf 64) at 256x256, int8 x86 pipeline, random calibration inputs. Budgets are judged
+on the steady latency (compile's default `latency_statistic`: each timing's fastest call, what
+the tuned cost model predicts); every round's median is printed next to it. Writes
 benchmarks/results/latency_budget.json.
 """
 
@@ -50,21 +52,25 @@ def main() -> None:
         search = r.latency_search
         table = Table(title=f"budget {budget} ms: rounds", header_style="bold")
         for col in ("round", "MACs budget", "MACs", "predicted ms", "x correction", "aimed ms",
-                    "measured ms"):
+                    "measured ms (fastest)", "median ms"):
             table.add_column(col, justify="right")
         for rd in search["rounds"]:
             table.add_row(str(rd["round"]) + (" *" if rd["round"] == search["chosen"] + 1 else ""),
                           f"{rd['budget_macs'] / 1e9:.3f}G", f"{rd['macs'] / 1e9:.3f}G",
                           f"{rd['predicted_ms']:.2f}", f"{rd['correction']:.3f}",
-                          f"{rd['corrected_ms']:.2f}", f"{rd['measured_ms']:.2f}")
+                          f"{rd['corrected_ms']:.2f}", f"{rd['measured_ms']:.2f}",
+                          f"{rd['measured_median_ms']:.2f}")
         console.print(table)
-        final = r.latency_after["median_ms"]
+        final = r.latency_after["min_ms"]
+        median = r.latency_after["median_ms"]
         ok = 0.85 * budget <= final <= budget
         console.print(f"final: {r.macs_after / 1e9:.3f}G MACs, measured again {final:.2f} ms "
-                      f"(IQR {r.latency_after['p75_ms'] - r.latency_after['p25_ms']:.2f}); in "
-                      f"[{0.85 * budget:.2f}, {budget:.2f}]: {ok}; fidelity vs the dense model "
-                      f"PSNR {r.fidelity['psnr']:.1f} dB (random weights)")
-        results.append({"budget_ms": budget, "final_ms": final, "in_window": ok,
+                      f"fastest, {median:.2f} ms median; in [{0.85 * budget:.2f}, "
+                      f"{budget:.2f}]: {ok} (by the median: "
+                      f"{0.85 * budget <= median <= budget}); fidelity vs the dense model PSNR "
+                      f"{r.fidelity['psnr']:.1f} dB (random weights)")
+        results.append({"budget_ms": budget, "final_ms": final, "final_median_ms": median,
+                        "in_window": ok, "statistic": search["statistic"],
                         "macs_after": r.macs_after, "rounds": search["rounds"],
                         "chosen_round": search["chosen"] + 1, "cost_model": r.cost_model,
                         "latency_after": r.latency_after})

@@ -155,6 +155,9 @@ def compile_cmd(
     ratio: Annotated[Optional[float], typer.Option(help="or: keep this fraction of MACs")] = None,
     budget_latency_ms: Annotated[Optional[float], typer.Option(
         help="or: latency budget in ms on the target (cost model + measured rounds)")] = None,
+    latency_statistic: Annotated[str, typer.Option(
+        help="what the latency budget is judged on: steady (fastest call, as on a dedicated "
+             "board) or median (the measuring machine as it is)")] = "steady",
     arg: Annotated[Optional[list[str]], typer.Option(help="factory argument key=value")] = None,
     weights: Annotated[Optional[Path], typer.Option(help="state_dict checkpoint")] = None,
     round_to: Annotated[Optional[int], typer.Option(
@@ -168,7 +171,8 @@ def compile_cmd(
     inputs = tuple(torch.randn(_parse_shape(s)) for s in input_shape)
     try:
         compiled = gcc_compile(net, target, budget_macs=budget_macs, ratio=ratio,
-                               budget_latency_ms=budget_latency_ms, example_inputs=inputs,
+                               budget_latency_ms=budget_latency_ms,
+                               latency_statistic=latency_statistic, example_inputs=inputs,
                                output_dir=out, min_psnr=min_psnr, round_to=round_to,
                                measure=measure)
     except (TraceError, BudgetError, LoweringError, ValueError) as exc:

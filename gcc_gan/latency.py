@@ -5,7 +5,8 @@ A latency budget T is met by a MACs budget. Each round (at most `MAX_ROUNDS`):
 1. bisect, in log space, the largest MACs budget whose *corrected* predicted latency
    (cost model x correction) is at most AIM * T, AIM = 0.925 (the middle of [0.85 T, T]);
 2. build that candidate (prune and the rest of the pipeline), lower and measure it;
-3. stop when 0.85 T <= measured <= T; otherwise set correction = measured / predicted of
+3. stop when 0.85 T <= measured <= T (measured by `statistic`: "steady", the fastest call of
+   the timing, what the cost model predicts; or "median"); otherwise set correction = measured / predicted of
    this candidate and go again. A model is never measured twice: when the aim lands on one
    already measured below the window (pruning's channel steps are coarse), the next larger
    model predicted within T itself is tried instead.
@@ -24,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .measure import Latency, check_statistic, statistic_ms
 from .search import BudgetError
 
 AIM = 0.925
@@ -39,7 +41,8 @@ class LatencyRound:
     macs: int
     predicted_ms: float      # the cost model's raw prediction for this candidate
     corrected_ms: float      # x the correction from the previous rounds: what was aimed at
-    measured_ms: float | None
+    measured_ms: float | None          # by the search's statistic: what the verdict read
+    measured_median_ms: float | None   # the same timing's median
     correction: float        # the correction factor this round used
 
 
@@ -51,6 +54,7 @@ class LatencySearch:
     met: bool                # the chosen round's measured latency <= T
     in_window: bool          # ... and >= 0.85 T
     measured: bool           # False: no measurement backend, the cost model decided alone
+    statistic: str = "steady"   # what measured_ms is: gcc_gan.measure.statistic_ms
 
 
 class Candidate:
@@ -95,16 +99,19 @@ def largest_budget(candidate: Candidate, aim_ms: float, correction: float,
 
 
 def search_latency(budget_ms: float, candidate: Candidate, *, full_macs: int,
-                   measure_ms: Callable[[int, Any], tuple[float, Any]] | None,
-                   min_fraction: float = 1e-3) -> tuple[LatencySearch, Any]:
+                   measure_ms: Callable[[int, Any], tuple[Latency, Any]] | None,
+                   statistic: str = "steady", min_fraction: float = 1e-3
+                   ) -> tuple[LatencySearch, Any]:
     """Rounds of predict -> build -> measure until measured latency is in [0.85 T, T].
 
-    `measure_ms(budget, pruned_graph) -> (ms, built)` builds the rest of the pipeline and
-    measures it; None means the target has no measurement (one round, prediction only).
+    `measure_ms(budget, pruned_graph) -> (latency, built)` builds the rest of the pipeline and
+    times it; `statistic` says which figure of the timing is judged. None means the target has
+    no measurement (one round, prediction only).
     Returns the search record and the chosen round's `built` (or pruned graph).
     """
     if budget_ms <= 0:
         raise ValueError(f"budget_latency_ms must be positive, got {budget_ms}")
+    check_statistic(statistic)
     rounds: list[LatencyRound] = []
     built: list[Any] = []
     correction = 1.0
@@ -126,17 +133,20 @@ def search_latency(budget_ms: float, candidate: Candidate, *, full_macs: int,
             raise BudgetError(f"no prunable model reaches {budget_ms} ms: pruning cannot go "
                               f"below {budget} MACs under the channel constraints")
         graph, predicted = found
-        measured, result = measure_ms(budget, graph) if measure_ms else (None, graph)
+        latency, result = measure_ms(budget, graph) if measure_ms else (None, graph)
+        measured, median = ((None, None) if latency is None
+                            else (statistic_ms(latency, statistic), latency.median_ms))
         rounds.append(LatencyRound(round=index + 1, budget_macs=budget, macs=graph.macs,
                                    predicted_ms=predicted, corrected_ms=predicted * correction,
-                                   measured_ms=measured, correction=correction))
+                                   measured_ms=measured, measured_median_ms=median,
+                                   correction=correction))
         built.append(result)
         if measured is None or WINDOW * budget_ms <= measured <= budget_ms:
             break
         if measured <= budget_ms and budget >= full_macs:
             break   # the unpruned model is already fast enough
         correction = measured / predicted
-    return _choose(budget_ms, rounds, built, measured=measure_ms is not None)
+    return _choose(budget_ms, rounds, built, measured=measure_ms is not None, statistic=statistic)
 
 
 def _measured_before(rounds, candidate: Candidate, budget: int) -> LatencyRound | None:
@@ -147,14 +157,15 @@ def _measured_before(rounds, candidate: Candidate, budget: int) -> LatencyRound 
     return next((r for r in rounds if r.macs == found[0].macs), None)
 
 
-def _choose(budget_ms, rounds, built, measured):
+def _choose(budget_ms, rounds, built, measured, statistic):
     latency = [r.measured_ms if measured else r.corrected_ms for r in rounds]
     fitting = [i for i, t in enumerate(latency) if t <= budget_ms]
     if not fitting:
         fastest = min(range(len(rounds)), key=latency.__getitem__)
         raise BudgetError(
             f"latency budget {budget_ms} ms not met: the fastest candidate ({rounds[fastest].macs:.3g} "
-            f"MACs) {'measured' if measured else 'is predicted at'} {latency[fastest]:.2f} ms "
+            f"MACs) {f'measured ({statistic})' if measured else 'is predicted at'} "
+            f"{latency[fastest]:.2f} ms "
             f"after {len(rounds)} round(s); rounds: "
             + "; ".join(f"{r.budget_macs:.3g} MACs -> {t:.2f} ms" for r, t in zip(rounds, latency))
             + ". Raise the budget or lower min_channels/round_to: the rest of the time is in "
@@ -162,5 +173,5 @@ def _choose(budget_ms, rounds, built, measured):
     chosen = max(fitting, key=latency.__getitem__)
     search = LatencySearch(budget_latency_ms=budget_ms, rounds=tuple(rounds), chosen=chosen,
                            met=True, in_window=latency[chosen] >= WINDOW * budget_ms,
-                           measured=measured)
+                           measured=measured, statistic=statistic)
     return search, built[chosen]

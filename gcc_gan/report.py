@@ -128,7 +128,8 @@ class CompileReport:
         c = self.cost_model
         if c:
             lines += [f"Cost model ({c['model']}, {c['source']}): predicted {c['predicted_ms']:.3g} ms"
-                      + (f", measured/predicted {c['measured_over_predicted']:.2f}"
+                      + (f", measured ({c.get('statistic', 'median')})/predicted "
+                         f"{c['measured_over_predicted']:.2f}"
                          if c.get("measured_over_predicted") else ""), ""]
         if c and c.get("layers"):
             lines += [f"Crossbars: {c['crossbars']}, energy {c['energy_mj']:.4g} mJ per call", "",
@@ -146,15 +147,16 @@ class CompileReport:
             lines.append("")
         s = self.latency_search
         if s:
-            kind = "measured" if s["measured"] else "predicted (no device)"
+            kind = (f"measured, {_statistic(s)}" if s["measured"]
+                    else "predicted (no device)")
             lines += [f"Latency budget {s['budget_latency_ms']} ms ({kind}); round "
                       f"{s['chosen'] + 1} kept, in [0.85 T, T]: {s['in_window']}", "",
-                      "| round | MACs budget | MACs | predicted ms | corrected ms | measured ms |",
-                      "|--:|--:|--:|--:|--:|--:|"]
+                      "| round | MACs budget | MACs | predicted ms | corrected ms | measured ms "
+                      "| median ms |", "|--:|--:|--:|--:|--:|--:|--:|"]
             lines += [f"| {r['round']} | {si(r['budget_macs'])} | {si(r['macs'])} | "
                       f"{r['predicted_ms']:.2f} | {r['corrected_ms']:.2f} | "
-                      + (f"{r['measured_ms']:.2f} |" if r["measured_ms"] is not None else "- |")
-                      for r in s["rounds"]]
+                      f"{_ms_or_dash(r['measured_ms'])} | "
+                      f"{_ms_or_dash(r.get('measured_median_ms'))} |" for r in s["rounds"]]
             lines.append("")
         return lines
 
@@ -207,17 +209,26 @@ class CompileReport:
         s = self.latency_search
         if not s:
             return []
-        rounds = Table(title=f"latency budget {s['budget_latency_ms']} ms: rounds "
-                             f"({'measured' if s['measured'] else 'predicted, no device'})",
+        kind = f"measured, {_statistic(s)}" if s["measured"] else "predicted, no device"
+        rounds = Table(title=f"latency budget {s['budget_latency_ms']} ms: rounds ({kind})",
                        header_style="bold")
-        for col in ("round", "MACs", "predicted ms", "corrected ms", "measured ms"):
+        for col in ("round", "MACs", "predicted ms", "corrected ms", "measured ms", "median ms"):
             rounds.add_column(col, justify="right")
         for r in s["rounds"]:
             mark = " *" if r["round"] == s["chosen"] + 1 else ""
             rounds.add_row(f"{r['round']}{mark}", si(r["macs"]), f"{r['predicted_ms']:.2f}",
-                           f"{r['corrected_ms']:.2f}",
-                           "-" if r["measured_ms"] is None else f"{r['measured_ms']:.2f}")
+                           f"{r['corrected_ms']:.2f}", _ms_or_dash(r["measured_ms"]),
+                           _ms_or_dash(r.get("measured_median_ms")))
         return [rounds]
+
+
+def _statistic(search: dict) -> str:
+    """How a latency search's rounds were judged (reports before the choice were medians)."""
+    return {"steady": "fastest call", "median": "median"}[search.get("statistic", "median")]
+
+
+def _ms_or_dash(ms: float | None) -> str:
+    return "-" if ms is None else f"{ms:.2f}"
 
 
 def jsonable(value: Any) -> Any:

@@ -3,7 +3,7 @@
 Each probe is a small torch module (one conv of some shape, a norm, ..., and on int8 targets
 chains of int8 convs with what runs between them) that goes through the same trace -> (int8) ->
 lower -> measure path as `compile`, so what is fitted is what compile deploys. A probe's latency
-is the median of `PASSES` timings, one in each pass over all probes. Every probe's kernels
+is its fastest call over `PASSES` timings, one in each pass over all probes (`measure.steady_ms`). Every probe's kernels
 (`targets.roofline.kernels`) and latency go into one fit of all "kind/dtype" keys at once
 (`targets.roofline.fit_programs`), given the per-call overhead (`call_overhead`: of the
 smallest program, a ReLU on one element); the fit is saved where `targets.get` finds it.
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime
 import random
-import statistics
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from torch import nn
 from . import targets as target_profiles
 from .ir import trace
 from .backends import Backend, get_backend
-from .measure import Latency, environment
+from .measure import Latency, environment, steady_ms
 from .passes.quantize import quantize_int8
 from .progress import progress_bar
 from .targets import KernelFit, Target
@@ -36,9 +35,9 @@ from .targets.roofline import (MAC_KINDS, MODEL_OVERHEAD, Kernel, fit_programs, 
                                 macs_proxy_fit)
 
 Measure = Callable[[object, tuple], Latency]   # (GanGraph, inputs) -> latency on the device
-# Each probe is timed once per pass over all of them, and the median of its passes is fitted: one
-# timing (20 calls, milliseconds for most probes) falls inside one of a shared machine's slow
-# spells, which last seconds (here, one program's 1-s medians spread over +-15%).
+# Each probe is timed once per pass over all of them, and its fastest call over the passes is
+# fitted: one timing (20 calls, milliseconds for most probes) falls inside one of a shared
+# machine's slow spells, which last seconds (here, one program's 1-s medians spread over +-15%).
 PASSES = 3
 WIDTHS = (8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 RESOLUTIONS = (16, 32, 64, 128)
@@ -236,7 +235,7 @@ def call_overhead(measure: Measure, passes: int = 1) -> float:
 def tune(target: str | Target, *, measure: Measure | None = None, size: str = "full",
          save: bool | Path = True, seed: int = 0, passes: int = PASSES) -> TuneResult:
     """Measure `spread(target)` with `measure` (default: the target's measurement backend) in
-    `passes` passes over all probes, fit each kernel kind to the probes' medians, and save the
+    `passes` passes over all probes, fit each kernel kind to the probes' fastest calls, and save the
     fitted profile (to `save` when it is a path)."""
     profile = target_profiles.get(target, tuned=False)
     measure = measure or default_measure(profile)
@@ -274,17 +273,18 @@ def tune(target: str | Target, *, measure: Measure | None = None, size: str = "f
 
 
 def _time_in_passes(measure: Measure, programs: list, passes: int, target: str) -> list[float]:
-    """Median seconds of each (graph, inputs, _) over `passes` timings, one per pass over all."""
+    """Seconds of each (graph, inputs, _)'s fastest call over `passes` timings, one per pass
+    over all: the steady latency (`measure.steady_ms`)."""
     if passes < 1:
         raise ValueError(f"passes must be at least 1, got {passes}")
-    seconds: list[list[float]] = [[] for _ in programs]
+    timings: list[list[Latency]] = [[] for _ in programs]
     label = f"timing on {target} ({passes} passes)"
     with progress_bar(label, total=passes * len(programs)) as advance:
         for _ in range(passes):
-            for times, (graph, inputs, _) in zip(seconds, programs):
-                times.append(measure(graph, inputs).median_ms / 1e3)
+            for program_timings, (graph, inputs, _) in zip(timings, programs):
+                program_timings.append(measure(graph, inputs))
                 advance()
-    return [statistics.median(times) for times in seconds]
+    return [steady_ms(program_timings) / 1e3 for program_timings in timings]
 
 
 def _macs(graph) -> float:

@@ -7,6 +7,7 @@ import pytest
 import gcc_gan
 from gcc_gan import zoo
 from gcc_gan.latency import MAX_ROUNDS, WINDOW, Candidate, search_latency
+from gcc_gan.measure import Latency
 from gcc_gan.search import BudgetError
 
 FULL = 10_000_000
@@ -28,9 +29,14 @@ def model_ms(graph):            # the cost model: 1 ms per 1e6 MACs + 0.5 ms
     return graph.macs / 1e6 + 0.5
 
 
+def timing(fastest_ms, median_ms=None):
+    median_ms = fastest_ms if median_ms is None else median_ms
+    return Latency(median_ms, median_ms, median_ms, fastest_ms, 2 * median_ms, 10, 0, 1, "fake")
+
+
 def device(scale, offset=0.0):  # the real device: a different slope and offset
     def measure(budget, graph):
-        return model_ms(graph) * scale + offset, ("built", graph.macs)
+        return timing(model_ms(graph) * scale + offset), ("built", graph.macs)
     return measure
 
 
@@ -95,7 +101,7 @@ def test_a_too_slow_model_is_never_measured_twice():
 
     def slow(budget, graph):
         calls.append(budget)
-        return 100.0, graph
+        return timing(100.0), graph
 
     with pytest.raises(BudgetError, match="not met"):
         search_latency(8.0, Candidate(prune, model_ms), full_macs=FULL, measure_ms=slow)
@@ -117,3 +123,23 @@ def test_a_model_measured_below_the_window_is_not_measured_again():
     search, _ = search_latency(8.0, Candidate(coarse, model_ms), full_macs=FULL,
                                measure_ms=measure)
     assert calls == [6_000_000, 8_000_000] and search.in_window
+
+
+@pytest.mark.parametrize("statistic", ["steady", "median"])
+def test_rounds_are_judged_by_the_chosen_statistic(statistic):
+    """A shared machine: every call's median 1.3x its fastest. The verdict reads the chosen
+    figure; the round records both."""
+    def shared(budget, graph):
+        fastest = model_ms(graph)
+        return timing(fastest, 1.3 * fastest), graph
+
+    search, _ = search_latency(8.0, Candidate(prune, model_ms), full_macs=FULL,
+                               measure_ms=shared, statistic=statistic)
+    chosen = search.rounds[search.chosen]
+    judged = chosen.measured_ms if statistic == "steady" else chosen.measured_median_ms
+    assert search.statistic == statistic and search.in_window
+    assert chosen.measured_median_ms == pytest.approx(1.3 * model_ms(Fake(chosen.macs)))
+    assert WINDOW * 8.0 <= judged <= 8.0 and chosen.measured_ms == judged
+    with pytest.raises(ValueError, match="statistic must be one of steady, median"):
+        search_latency(8.0, Candidate(prune, model_ms), full_macs=FULL, measure_ms=shared,
+                       statistic="mean")

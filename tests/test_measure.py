@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from gcc_gan import measure, runtime
-from gcc_gan.measure import Latency, environment, time_call, time_onnx, time_torch
+from gcc_gan.measure import (Latency, environment, steady_ms, time_call, time_onnx,
+                             time_torch)
 from gcc_gan.runtime import ort_session
 
 
@@ -148,3 +149,11 @@ def test_side_by_side_timing_takes_turns_so_a_slow_spell_hits_everyone(monkeypat
     assert timed["a"].repeats == 10 and timed["b"].repeats == 20
     assert timed["a"].median_ms / timed["b"].median_ms == pytest.approx(2.0)
     assert (timed["a"].backend, timed["b"].threads) == ("torch", 2)
+
+
+def test_the_steady_latency_is_the_fastest_call_over_timings():
+    slow = Latency.from_samples([0.030, 0.031, 0.040], warmup=0, threads=1, backend="fake")
+    quiet = Latency.from_samples([0.024, 0.026, 0.027], warmup=0, threads=1, backend="fake")
+    assert steady_ms([slow, quiet, slow]) == pytest.approx(24.0)
+    with pytest.raises(ValueError, match="no timings"):
+        steady_ms([])
