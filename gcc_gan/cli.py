@@ -223,14 +223,14 @@ def tune_cmd(
     except (ValueError, ImportError) as exc:
         _fail(str(exc))
     table = Table(title=f"{target}: fitted kernels", header_style="bold")
-    for col in ("kernel", "probes", "overhead us", "ns/kMAC", "ns/kB", "ns/kweight",
+    for col in ("kernel", "probes", "overhead us", "ns/kMAC", "ns/kB", "ns/kweight", "ns/row",
                 "median error"):
         table.add_column(col, justify="right")
     for key, fit in sorted(result.kernels.items()):
         err_text = "-" if fit.median_rel_error is None else f"{fit.median_rel_error:.1%}"
         table.add_row(key, str(fit.samples), f"{fit.overhead_s * 1e6:.1f}",
                       f"{fit.s_per_mac * 1e12:.3g}", f"{fit.s_per_byte * 1e12:.3g}",
-                      f"{fit.s_per_weight * 1e12:.3g}", err_text)
+                      f"{fit.s_per_weight * 1e12:.3g}", f"{fit.s_per_row * 1e9:.3g}", err_text)
     console.print(table)
     console.print(f"saved {result.path}")
 

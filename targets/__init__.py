@@ -32,13 +32,15 @@ MEASUREMENTS = ("onnxruntime", "tvm", "tvm-rpc", "cost-model")
 @dataclass(frozen=True)
 class KernelFit:
     """Seconds of one kernel = overhead_s + work * s_per_mac + nbytes * s_per_byte
-    + weights * s_per_weight.
+    + weights * s_per_weight + rows * s_per_row.
 
     `work` is the MACs the hardware really issues (channels padded up to the target's
     alignment), or the element count of an elementwise kernel; `nbytes` the activations read
     and written; `weights` the weight count, whose term covers weight traffic and the lost
     efficiency of few output pixels per weight (t = macs/peak * (1 + P0/pixels) = macs/peak +
-    weights * P0/peak). A profile's datasheet figures give a first fit (1/peak, 1/bandwidth);
+    weights * P0/peak); `rows` the contiguous runs a pad walks one by one (an fp32 NCHW pad:
+    C*H of them; an 8-bit NHWC one: H). A profile's datasheet figures give a first fit
+    (1/peak, 1/bandwidth);
     `tune` replaces it with a least-squares fit on measured kernels.
     """
 
@@ -48,10 +50,12 @@ class KernelFit:
     s_per_weight: float = 0.0
     samples: int = 0            # measured probes that ran this kind (0: datasheet)
     median_rel_error: float | None = None  # on those probes
+    s_per_row: float = 0.0      # profiles tuned before session 12 have none
 
-    def seconds(self, work: float, nbytes: float, weights: float = 0.0) -> float:
+    def seconds(self, work: float, nbytes: float, weights: float = 0.0, rows: float = 0.0
+                ) -> float:
         return (self.overhead_s + work * self.s_per_mac + nbytes * self.s_per_byte
-                + weights * self.s_per_weight)
+                + weights * self.s_per_weight + rows * self.s_per_row)
 
 
 @dataclass(frozen=True)
