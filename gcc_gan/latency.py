@@ -6,10 +6,10 @@ A latency budget T is met by a MACs budget. Each round (at most `MAX_ROUNDS`):
    (cost model x correction) is at most AIM * T, AIM = 0.925 (the middle of [0.85 T, T]);
 2. build that candidate (prune and the rest of the pipeline), lower and measure it;
 3. stop when 0.85 T <= measured <= T (measured by `statistic`: "steady", the fastest call of
-   the timing, what the cost model predicts; or "median"); otherwise set correction = measured / predicted of
-   this candidate and go again. A model is never measured twice: when the aim lands on one
-   already measured below the window (pruning's channel steps are coarse), the next larger
-   model predicted within T itself is tried instead.
+   the timing, what the cost model predicts; or "median"); otherwise set correction =
+   measured / predicted of this candidate and go again. A model is never measured twice:
+   when the aim lands on one already measured below the window (pruning's channel steps are
+   coarse), the next larger model predicted within T itself is tried instead.
 
 The cost model gives the shape of latency against MACs (which layers shrink, alignment,
 int8); the measurement fixes its scale on the real device, so a good kernel model needs one
@@ -165,8 +165,7 @@ def _choose(budget_ms, rounds, built, measured, statistic):
         raise BudgetError(
             f"latency budget {budget_ms} ms not met: the fastest candidate ({rounds[fastest].macs:.3g} "
             f"MACs) {f'measured ({statistic})' if measured else 'is predicted at'} "
-            f"{latency[fastest]:.2f} ms "
-            f"after {len(rounds)} round(s); rounds: "
+            f"{latency[fastest]:.2f} ms after {len(rounds)} round(s); rounds: "
             + "; ".join(f"{r.budget_macs:.3g} MACs -> {t:.2f} ms" for r, t in zip(rounds, latency))
             + ". Raise the budget or lower min_channels/round_to: the rest of the time is in "
               "layers pruning does not shrink (see the report's cost model per layer).")
