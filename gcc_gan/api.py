@@ -278,12 +278,12 @@ def _latency_search(pre: GanGraph, profile, budget_ms, statistic, build, inputs,
     def predict_ms(graph):
         return estimate(graph, profile, assume_int8=True).ms
 
-    def measure_ms(budget, _pruned):
+    def measure_round(budget, _pruned):
         built = build(budget)
         return _time_built(backend, built, inputs, calib, VERDICT_SECONDS), built
 
     search, result = search_latency(budget_ms, Candidate(prune, predict_ms), full_macs=pre.macs,
-                                    measure_ms=measure_ms if backend is not None else None,
+                                    measure=measure_round if backend is not None else None,
                                     statistic=statistic)
     if backend is None:   # the cost model decided alone; build the chosen candidate
         result = build(search.rounds[search.chosen].budget_macs)

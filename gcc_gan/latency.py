@@ -99,12 +99,12 @@ def largest_budget(candidate: Candidate, aim_ms: float, correction: float,
 
 
 def search_latency(budget_ms: float, candidate: Candidate, *, full_macs: int,
-                   measure_ms: Callable[[int, Any], tuple[Latency, Any]] | None,
+                   measure: Callable[[int, Any], tuple[Latency, Any]] | None,
                    statistic: str = "steady", min_fraction: float = 1e-3
                    ) -> tuple[LatencySearch, Any]:
     """Rounds of predict -> build -> measure until measured latency is in [0.85 T, T].
 
-    `measure_ms(budget, pruned_graph) -> (latency, built)` builds the rest of the pipeline and
+    `measure(budget, pruned_graph) -> (latency, built)` builds the rest of the pipeline and
     times it; `statistic` says which figure of the timing is judged. None means the target has
     no measurement (one round, prediction only).
     Returns the search record and the chosen round's `built` (or pruned graph).
@@ -116,7 +116,7 @@ def search_latency(budget_ms: float, candidate: Candidate, *, full_macs: int,
     built: list[Any] = []
     correction = 1.0
     lo = max(full_macs * min_fraction, 1.0)
-    for index in range(MAX_ROUNDS if measure_ms else 1):
+    for index in range(MAX_ROUNDS if measure else 1):
         budget = largest_budget(candidate, AIM * budget_ms, correction, lo, full_macs)
         seen = _measured_before(rounds, candidate, budget)
         if seen is not None and seen.measured_ms > budget_ms:
@@ -133,7 +133,7 @@ def search_latency(budget_ms: float, candidate: Candidate, *, full_macs: int,
             raise BudgetError(f"no prunable model reaches {budget_ms} ms: pruning cannot go "
                               f"below {budget} MACs under the channel constraints")
         graph, predicted = found
-        latency, result = measure_ms(budget, graph) if measure_ms else (None, graph)
+        latency, result = measure(budget, graph) if measure else (None, graph)
         measured, median = ((None, None) if latency is None
                             else (statistic_ms(latency, statistic), latency.median_ms))
         rounds.append(LatencyRound(round=index + 1, budget_macs=budget, macs=graph.macs,
@@ -146,7 +146,7 @@ def search_latency(budget_ms: float, candidate: Candidate, *, full_macs: int,
         if measured <= budget_ms and budget >= full_macs:
             break   # the unpruned model is already fast enough
         correction = measured / predicted
-    return _choose(budget_ms, rounds, built, measured=measure_ms is not None, statistic=statistic)
+    return _choose(budget_ms, rounds, built, measured=measure is not None, statistic=statistic)
 
 
 def _measured_before(rounds, candidate: Candidate, budget: int) -> LatencyRound | None:

@@ -44,7 +44,7 @@ def device(scale, offset=0.0):  # the real device: a different slope and offset
                                                    (4.0, 0.5, 0.0), (8.0, 1.3, 2.0)])
 def test_measured_rounds_land_in_the_window(budget, scale, offset):
     search, built = search_latency(budget, Candidate(prune, model_ms), full_macs=FULL,
-                                   measure_ms=device(scale, offset))
+                                   measure=device(scale, offset))
     chosen = search.rounds[search.chosen]
     assert search.met and search.in_window and search.measured
     assert WINDOW * budget <= chosen.measured_ms <= budget
@@ -54,32 +54,32 @@ def test_measured_rounds_land_in_the_window(budget, scale, offset):
 
 def test_an_exact_model_needs_one_round():
     search, _ = search_latency(6.0, Candidate(prune, model_ms), full_macs=FULL,
-                               measure_ms=device(1.0))
+                               measure=device(1.0))
     assert len(search.rounds) == 1
 
 
 def test_a_fast_enough_unpruned_model_is_kept_whole():
     search, built = search_latency(100.0, Candidate(prune, model_ms), full_macs=FULL,
-                                   measure_ms=device(1.0))
+                                   measure=device(1.0))
     assert built == ("built", FULL) and search.met and not search.in_window
     assert len(search.rounds) == 1
 
 
 def test_an_unreachable_budget_says_what_was_measured():
     with pytest.raises(BudgetError, match=r"latency budget 0.5 ms not met: .* measured"):
-        search_latency(0.5, Candidate(prune, model_ms), full_macs=FULL, measure_ms=device(1.0))
+        search_latency(0.5, Candidate(prune, model_ms), full_macs=FULL, measure=device(1.0))
 
 
 def test_without_a_device_the_cost_model_decides_in_one_round():
     search, graph = search_latency(4.0, Candidate(prune, model_ms), full_macs=FULL,
-                                   measure_ms=None)
+                                   measure=None)
     assert len(search.rounds) == 1 and not search.measured
     assert search.rounds[0].measured_ms is None and model_ms(graph) <= 4.0
 
 
 def test_a_nonpositive_budget_is_refused():
     with pytest.raises(ValueError, match="must be positive"):
-        search_latency(0, Candidate(prune, model_ms), full_macs=FULL, measure_ms=None)
+        search_latency(0, Candidate(prune, model_ms), full_macs=FULL, measure=None)
 
 
 def test_compile_to_a_latency_budget_on_a_predicted_target():
@@ -104,7 +104,7 @@ def test_a_too_slow_model_is_never_measured_twice():
         return timing(100.0), graph
 
     with pytest.raises(BudgetError, match="not met"):
-        search_latency(8.0, Candidate(prune, model_ms), full_macs=FULL, measure_ms=slow)
+        search_latency(8.0, Candidate(prune, model_ms), full_macs=FULL, measure=slow)
     assert len(calls) == 2 and FLOOR <= calls[1] < 1.01 * FLOOR < calls[0]
 
 
@@ -121,7 +121,7 @@ def test_a_model_measured_below_the_window_is_not_measured_again():
         return device(0.9)(budget, graph)
 
     search, _ = search_latency(8.0, Candidate(coarse, model_ms), full_macs=FULL,
-                               measure_ms=measure)
+                               measure=measure)
     assert calls == [6_000_000, 8_000_000] and search.in_window
 
 
@@ -134,12 +134,12 @@ def test_rounds_are_judged_by_the_chosen_statistic(statistic):
         return timing(fastest, 1.3 * fastest), graph
 
     search, _ = search_latency(8.0, Candidate(prune, model_ms), full_macs=FULL,
-                               measure_ms=shared, statistic=statistic)
+                               measure=shared, statistic=statistic)
     chosen = search.rounds[search.chosen]
     judged = chosen.measured_ms if statistic == "steady" else chosen.measured_median_ms
     assert search.statistic == statistic and search.in_window
     assert chosen.measured_median_ms == pytest.approx(1.3 * model_ms(Fake(chosen.macs)))
     assert WINDOW * 8.0 <= judged <= 8.0 and chosen.measured_ms == judged
     with pytest.raises(ValueError, match="statistic must be one of steady, median"):
-        search_latency(8.0, Candidate(prune, model_ms), full_macs=FULL, measure_ms=shared,
+        search_latency(8.0, Candidate(prune, model_ms), full_macs=FULL, measure=shared,
                        statistic="mean")
