@@ -82,7 +82,7 @@ def steady_ms(timings) -> float:
     timings = list(timings)
     if not timings:
         raise ValueError("no timings to take the steady latency of")
-    return min(latency.min_ms for latency in timings)
+    return min(statistic_ms(latency, "steady") for latency in timings)
 
 
 STATISTICS = ("steady", "median")

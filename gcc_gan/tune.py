@@ -3,10 +3,11 @@
 Each probe is a small torch module (one conv of some shape, a norm, ..., and on int8 targets
 chains of int8 convs with what runs between them) that goes through the same trace -> (int8) ->
 lower -> measure path as `compile`, so what is fitted is what compile deploys. A probe's latency
-is its fastest call over `PASSES` timings, one in each pass over all probes (`measure.steady_ms`). Every probe's kernels
-(`targets.roofline.kernels`) and latency go into one fit of all "kind/dtype" keys at once
-(`targets.roofline.fit_programs`), given the per-call overhead (`call_overhead`: of the
-smallest program, a ReLU on one element); the fit is saved where `targets.get` finds it.
+is its fastest call over `PASSES` timings, one in each pass over all probes
+(`measure.steady_ms`). Every probe's kernels (`targets.roofline.kernels`) and latency go
+into one fit of all "kind/dtype" keys at once (`targets.roofline.fit_programs`), given the
+per-call overhead (`call_overhead`: of the smallest program, a ReLU on one element); the fit
+is saved where `targets.get` finds it.
 
 The spread is drawn from a fixed seed over kernel sizes, channel counts (aligned and not),
 strides and resolutions, so a tuned profile is reproducible on the same machine.
@@ -235,8 +236,8 @@ def call_overhead(measure: Measure, passes: int = 1) -> float:
 def tune(target: str | Target, *, measure: Measure | None = None, size: str = "full",
          save: bool | Path = True, seed: int = 0, passes: int = PASSES) -> TuneResult:
     """Measure `spread(target)` with `measure` (default: the target's measurement backend) in
-    `passes` passes over all probes, fit each kernel kind to the probes' fastest calls, and save the
-    fitted profile (to `save` when it is a path)."""
+    `passes` passes over all probes, fit each kernel kind to the probes' fastest calls, and
+    save the fitted profile (to `save` when it is a path)."""
     profile = target_profiles.get(target, tuned=False)
     measure = measure or default_measure(profile)
     probes = spread(profile, size, seed)

@@ -128,8 +128,8 @@ def test_fit_recovers_exact_coefficients():
     convs = [_kernel("conv", *rng.uniform((1e6, 1e4, 1e2), (1e9, 1e7, 1e6))) for _ in range(30)]
     fit = fit_programs([([k], k.features() @ truth + 1e-5) for k in convs], call_overhead=1e-5)
     got = fit["conv/fp32"]
-    assert np.allclose([got.overhead_s, got.s_per_mac, got.s_per_byte, got.s_per_weight], truth[:4],
-                       rtol=1e-6)
+    assert np.allclose([got.overhead_s, got.s_per_mac, got.s_per_byte, got.s_per_weight],
+                       truth[:4], rtol=1e-6)
     assert got.median_rel_error < 1e-9 and got.samples == 30
 
 
